@@ -1,0 +1,10 @@
+"""Only the Cython extensions; every other setting lives in pyproject.toml."""
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+extensions = [
+    Extension("_fastpath.frame", ["_fastpath/frame.pyx"], extra_compile_args=["-O3"]),
+    Extension("_fastpath.walker", ["_fastpath/walker.pyx"], extra_compile_args=["-O3"]),
+]
+
+setup(ext_modules=cythonize(extensions, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}))
