@@ -7,4 +7,6 @@ extensions = [
     Extension("_fastpath.walker", ["_fastpath/walker.pyx"], extra_compile_args=["-O3"]),
 ]
 
-setup(ext_modules=cythonize(extensions, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False}))
+# Bounds are checked explicitly in each parser (against the bytes left), never by Cython's indexing.
+directives = {"boundscheck": False, "wraparound": False}
+setup(ext_modules=cythonize(extensions, language_level=3, compiler_directives=directives))

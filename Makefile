@@ -1,0 +1,33 @@
+# The two set-up commands of the README are `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: build run test lint bench clean
+
+$(STAMP): pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Compile the Cython extensions in place (pip install -e builds them once; this rebuilds after edits).
+build: $(STAMP)
+	$(PY) setup.py -q build_ext --inplace
+
+run: build
+	$(PY) -m gateway dev run --config examples/gateway.yaml
+
+test: build
+	$(PY) -m pytest tests -q
+
+lint: build
+	$(VENV)/bin/ruff check gateway _fastpath tests bench scripts
+
+bench: build
+	$(PY) -m pytest bench -q --benchmark-only
+	$(PY) bench/e2e.py
+
+clean:
+	rm -rf build _fastpath/*.c _fastpath/*.so

@@ -1,0 +1,154 @@
+"""End-to-end throughput: Kafka's own ProducerPerformance/ConsumerPerformance, direct vs through the gateway.
+
+Runs alternate (direct, gateway 1 worker, gateway 2 workers, and again) in one
+session on one single-node cluster, so the ratios compare like with like on a
+noisy shared machine. Writes bench/results/e2e.json and prints a table.
+
+    python bench/e2e.py [--records N] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gateway.dev.kafka import KafkaCluster, ensure_jars, java_tool  # noqa: E402
+from gateway.dev.process import GatewayProcess  # noqa: E402
+
+RECORD_SIZE = 1024
+PRODUCER_LINE = re.compile(
+    r"(\d+) records sent, [\d.]+ records/sec \(([\d.]+) MB/sec\), ([\d.]+) ms avg latency, ([\d.]+) ms max latency, "
+    r"(\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of the gateway supervisor and all its workers so far."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def produce(lib: Path, bootstrap: str, topic: str, records: int, client_config: Path | None) -> dict:
+    args = ["--topic", topic, "--num-records", str(records), "--record-size", str(RECORD_SIZE),
+            "--throughput", "-1", "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all"]
+    if client_config is not None:
+        args += ["--command-config", str(client_config)]
+    result = java_tool(lib, "org.apache.kafka.tools.ProducerPerformance", args, timeout=600, heap="512m")
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr.decode()[-2000:])
+    match = PRODUCER_LINE.findall(result.stdout.decode())[-1]
+    return {"mb_s": float(match[1]), "p50_ms": float(match[4]), "p99_ms": float(match[6])}
+
+
+def consume(lib: Path, bootstrap: str, topic: str, records: int, client_config: Path | None) -> dict:
+    args = ["--bootstrap-server", bootstrap, "--topic", topic, "--messages", str(records), "--timeout", "60000"]
+    if client_config is not None:
+        args += ["--command-config", str(client_config)]
+    result = java_tool(lib, "org.apache.kafka.tools.ConsumerPerformance", args, timeout=600, heap="512m")
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr.decode()[-2000:])
+    lines = [line for line in result.stdout.decode().splitlines() if line and line[0].isdigit()]
+    fields = [field.strip() for field in lines[-1].split(",")]
+    # start.time, end.time, data.consumed.in.MB, MB.sec, data.consumed.in.nMsg, nMsg.sec,
+    # rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec
+    return {"mb_s": float(fields[8]), "mb": float(fields[2])}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=800_000, help="records per run (1 KiB each)")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    lib = ensure_jars()
+    work = Path(tempfile.mkdtemp(prefix="streamward-bench-"))
+    cluster = KafkaCluster(work / "kafka", nodes=1, port_base=18092)
+    cluster.start()
+    direct_config = work / "direct.properties"
+    cluster.write_client_config("admin", direct_config)
+    runs: dict[str, list[dict]] = {"direct": [], "gateway1": [], "gateway2": []}
+    cpu_per_gb: list[float] = []
+    try:
+        gateways = {
+            "gateway1": GatewayProcess(work / "gw1", cluster, workers=1, port_base=31192, admin_port=31200),
+            "gateway2": GatewayProcess(work / "gw2", cluster, workers=2, port_base=31292, admin_port=31300),
+        }
+        for gateway in gateways.values():
+            gateway.start()
+        for round_index in range(args.rounds):
+            for side in ("direct", "gateway1", "gateway2"):
+                topic = f"bench-{side}-{round_index}"
+                cluster.create_topic(topic, partitions=6, replication_factor=1)
+                gateway = gateways.get(side)
+                bootstrap = cluster.bootstrap if gateway is None else gateway.bootstrap
+                config = direct_config if gateway is None else None
+                cpu_before = cpu_seconds(gateway.proc.pid) if gateway else 0.0
+                produced = produce(lib, bootstrap, topic, args.records, config)
+                consumed = consume(lib, bootstrap, topic, args.records, config)
+                if gateway is not None:
+                    gigabytes = 2 * args.records * RECORD_SIZE / 1e9  # each record crosses the gateway twice
+                    cpu_per_gb.append((cpu_seconds(gateway.proc.pid) - cpu_before) / gigabytes)
+                runs[side].append({"produce": produced, "consume": consumed})
+                print(f"round {round_index} {side:9s} produce {produced['mb_s']:7.1f} MB/s "
+                      f"(p50 {produced['p50_ms']:.0f} ms, p99 {produced['p99_ms']:.0f} ms)  "
+                      f"consume {consumed['mb_s']:7.1f} MB/s", flush=True)
+        for gateway in gateways.values():
+            gateway.stop()
+    finally:
+        cluster.stop()
+
+    def median(side: str, kind: str, key: str = "mb_s") -> float:
+        return statistics.median(run[kind][key] for run in runs[side])
+
+    best = max(("gateway1", "gateway2"), key=lambda side: median(side, "produce") + median(side, "consume"))
+    result = {
+        "records_per_run": args.records, "record_size": RECORD_SIZE, "rounds": args.rounds,
+        "direct_produce_mb_s": median("direct", "produce"),
+        "gateway_produce_mb_s": median(best, "produce"),
+        "produce_ratio": median(best, "produce") / median("direct", "produce"),
+        "direct_consume_mb_s": median("direct", "consume"),
+        "gateway_consume_mb_s": median(best, "consume"),
+        "consume_ratio": median(best, "consume") / median("direct", "consume"),
+        "gateway_workers": 1 if best == "gateway1" else 2,
+        "gateway_cpu_s_per_gb": statistics.median(cpu_per_gb),
+        "direct_produce_p50_ms": median("direct", "produce", "p50_ms"),
+        "direct_produce_p99_ms": median("direct", "produce", "p99_ms"),
+        "gateway_produce_p50_ms": median(best, "produce", "p50_ms"),
+        "gateway_produce_p99_ms": median(best, "produce", "p99_ms"),
+        "by_workers": {side: {"produce_mb_s": median(side, "produce"), "consume_mb_s": median(side, "consume")}
+                       for side in runs},
+        "runs": runs,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out = REPO / "bench" / "results" / "e2e.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\n{'':10s}{'direct':>10s}{'gateway':>10s}{'ratio':>8s}")
+    for kind in ("produce", "consume"):
+        print(f"{kind + ' MB/s':10s}{result[f'direct_{kind}_mb_s']:10.1f}{result[f'gateway_{kind}_mb_s']:10.1f}"
+              f"{result[f'{kind}_ratio']:8.3f}")
+    print(f"gateway CPU: {result['gateway_cpu_s_per_gb']:.2f} core-s per GB forwarded; "
+          f"produce p50/p99 {result['gateway_produce_p50_ms']:.0f}/{result['gateway_produce_p99_ms']:.0f} ms "
+          f"(direct {result['direct_produce_p50_ms']:.0f}/{result['direct_produce_p99_ms']:.0f} ms); written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The worker's view of the brokers behind it: node id -> real address, and node id -> gateway address.
+
+Filled from the gateway's own discovery and from every Metadata, FindCoordinator,
+DescribeCluster and NodeEndpoints response that passes through (before those are
+rewritten). A node seen for the first time gets its listener through
+``on_new_node``, so a broker that joins later is reachable through the gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from gateway.config import ListenSettings
+
+log = logging.getLogger("streamward.cluster")
+
+
+class UnmappableNode(Exception):
+    """A broker's node id falls outside the gateway's per-broker port range: fail closed."""
+
+
+class ClusterView:
+    def __init__(self, listen: ListenSettings, on_new_node: Callable[[int], None]) -> None:
+        self.listen = listen
+        self._on_new_node = on_new_node
+        self._upstream: dict[int, tuple[str, int]] = {}
+
+    def learn(self, node_id: int, host: str, port: int) -> None:
+        if node_id < 0 or not host or port <= 0:
+            return
+        previous = self._upstream.get(node_id)
+        if previous == (host, port):
+            return
+        if self.listen.node_port(node_id) is None:
+            last = self.listen.first_node_id + self.listen.max_nodes - 1
+            raise UnmappableNode(f"broker node id {node_id} is outside the gateway's mapped range "
+                                 f"{self.listen.first_node_id}..{last}")
+        self._upstream[node_id] = (host, port)
+        if previous is None:
+            log.info("broker node %d discovered", node_id)
+            self._on_new_node(node_id)
+        else:
+            log.info("broker node %d moved", node_id)
+
+    def upstream_address(self, node_id: int) -> tuple[str, int] | None:
+        return self._upstream.get(node_id)
+
+    def gateway_address(self, node_id: int) -> tuple[str, int]:
+        port = self.listen.node_port(node_id)
+        if port is None:
+            raise UnmappableNode(f"broker node id {node_id} is outside the gateway's mapped range")
+        return self.listen.advertised_host, port
+
+    @property
+    def node_ids(self) -> list[int]:
+        return sorted(self._upstream)

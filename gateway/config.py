@@ -1,0 +1,341 @@
+"""Typed gateway settings loaded from YAML; every error names the file, line and key.
+
+The loader walks PyYAML's node tree rather than the plain dict so that a bad
+value can be reported as ``gateway.yaml:12: upstream.sasl.mechanism: ...``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names file, line and key and never a secret's value."""
+
+
+class Secret:
+    """A credential that cannot end up in a log line, repr or error message by accident."""
+
+    __slots__ = ("_value", "source")
+
+    def __init__(self, value: str, source: str) -> None:
+        self._value = value
+        self.source = source  # where it came from ("config", "env:NAME", "file:PATH"), safe to log
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(from {self.source})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class SaslSettings:
+    mechanism: str  # PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512
+    username: str
+    password: Secret
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    ca_file: str | None
+    server_hostname: str | None
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    bootstrap_servers: tuple[tuple[str, int], ...]
+    sasl: SaslSettings | None
+    tls: TlsSettings | None
+    connect_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class ListenSettings:
+    host: str = "127.0.0.1"
+    bootstrap_port: int = 9092
+    node_port_base: int = 9093
+    first_node_id: int = 1  # the broker node id served on node_port_base
+    # 9093..9099 by default, below the admin port 9100; raise it (and move admin) for larger clusters
+    max_nodes: int = 7
+    advertised_host: str = "127.0.0.1"
+
+    def node_port(self, node_id: int) -> int | None:
+        """The gateway port that stands for a broker, or None when the id is outside the mapped range."""
+        index = node_id - self.first_node_id
+        if 0 <= index < self.max_nodes:
+            return self.node_port_base + index
+        return None
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_request_bytes: int = 100 * 1024 * 1024  # Kafka's socket.request.max.bytes default
+    max_response_bytes: int = 256 * 1024 * 1024
+    pre_auth_max_bytes: int = 128 * 1024  # Kafka caps pre-SASL receives at 131072 bytes
+    max_inflight: int = 1024
+    write_buffer_high: int = 4 * 1024 * 1024
+    idle_timeout_s: float = 600.0
+
+
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+
+@dataclass(frozen=True)
+class OidcSettings:
+    """Where tokens come from and how they are checked. Only asymmetric algorithms are ever accepted."""
+
+    issuer: str
+    audience: str
+    jwks_uri: str | None = None  # None: found by OIDC discovery from the issuer
+    principal_claim: str = "sub"
+    groups_claim: str = "groups"  # a dotted path such as realm_access.roles
+    algorithms: tuple[str, ...] = ASYMMETRIC_ALGORITHMS
+    leeway_s: float = 30.0
+    jwks_refresh_s: float = 300.0  # scheduled refresh
+    jwks_min_refresh_s: float = 30.0  # at most one refresh per interval when an unknown kid shows up
+    jwks_max_stale_s: float = 86400.0  # keep the last good key set this long while the IdP is unreachable
+    ca_file: str | None = None
+    http_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    oidc: OidcSettings | None = None  # None: clients connect without SASL (development only)
+    sasl_plain: bool = False  # also accept SASL/PLAIN with the token as the password
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    host: str = "127.0.0.1"
+    port: int = 9100
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    path: Path
+    listen: ListenSettings
+    upstream: UpstreamSettings
+    limits: Limits = field(default_factory=Limits)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    workers: int = 0  # 0: one per core
+    drain_timeout_s: float = 30.0
+    log_level: str = "INFO"
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+
+class _Node:
+    """A YAML mapping with its source position, for error messages."""
+
+    def __init__(self, path: str, node: yaml.Node, key: str) -> None:
+        self.file = path
+        self.node = node
+        self.key = key
+
+    def error(self, message: str, node: yaml.Node | None = None) -> ConfigError:
+        mark = (node or self.node).start_mark
+        return ConfigError(f"{self.file}:{mark.line + 1}: {self.key or '<top>'}: {message}")
+
+    def _items(self) -> dict[str, yaml.Node]:
+        if not isinstance(self.node, yaml.MappingNode):
+            raise self.error("expected a mapping")
+        return {k.value: v for k, v in self.node.value}
+
+    def keys_allowed(self, allowed: set[str]) -> None:
+        for key_node, _ in self.node.value if isinstance(self.node, yaml.MappingNode) else ():
+            if key_node.value not in allowed:
+                raise self.error(f"unknown key {key_node.value!r} (known: {', '.join(sorted(allowed))})", key_node)
+
+    def child(self, key: str) -> _Node | None:
+        node = self._items().get(key)
+        if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
+            return None
+        return _Node(self.file, node, f"{self.key}.{key}" if self.key else key)
+
+    def value(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
+        child = self.child(key)
+        if child is None:
+            if required:
+                raise self.error(f"missing required key {key!r}")
+            return default
+        raw = yaml.safe_load(yaml.serialize(child.node))
+        if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+            raw = float(raw)
+        if not isinstance(raw, kind) or (kind is int and isinstance(raw, bool)):
+            expected = "/".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+            raise child.error(f"expected {expected}, got {type(raw).__name__}")
+        return raw
+
+
+def _host_port(text: str, where: _Node) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise where.error(f"expected host:port, got {text!r}")
+    return host, int(port)
+
+
+def _secret(where: _Node, key: str) -> Secret:
+    """A secret given inline, as {env: NAME} or as {file: PATH}; the value never reaches an error message."""
+    child = where.child(key)
+    if child is None:
+        raise where.error(f"missing required key {key!r}")
+    if isinstance(child.node, yaml.ScalarNode):
+        return Secret(str(child.node.value), "config")
+    child.keys_allowed({"env", "file"})
+    env_name = child.value("env", str)
+    file_name = child.value("file", str)
+    if (env_name is None) == (file_name is None):
+        raise child.error("give exactly one of 'env' or 'file'")
+    if env_name is not None:
+        value = os.environ.get(env_name)
+        if not value:
+            raise child.error(f"environment variable {env_name} is not set")
+        return Secret(value, f"env:{env_name}")
+    secret_path = Path(file_name)
+    if not secret_path.is_absolute():
+        secret_path = Path(where.file).parent / secret_path
+    try:
+        value = secret_path.read_text().strip()
+    except OSError as exc:
+        raise child.error(f"cannot read secret file {secret_path}: {exc.strerror}") from None
+    return Secret(value, f"file:{secret_path}")
+
+
+def _port(node: _Node, key: str, default: int) -> int:
+    value = node.value(key, int, default)
+    if not 0 < value < 65536:
+        raise node.error(f"{key} must be a TCP port, got {value}")
+    return value
+
+
+def _listen(node: _Node | None) -> ListenSettings:
+    if node is None:
+        return ListenSettings()
+    node.keys_allowed({"host", "bootstrap_port", "node_port_base", "first_node_id", "max_nodes", "advertised_host"})
+    defaults = ListenSettings()
+    settings = ListenSettings(
+        host=node.value("host", str, defaults.host),
+        bootstrap_port=_port(node, "bootstrap_port", defaults.bootstrap_port),
+        node_port_base=_port(node, "node_port_base", defaults.node_port_base),
+        first_node_id=node.value("first_node_id", int, defaults.first_node_id),
+        max_nodes=node.value("max_nodes", int, defaults.max_nodes),
+        advertised_host=node.value("advertised_host", str, defaults.advertised_host),
+    )
+    if settings.max_nodes < 1 or settings.node_port_base + settings.max_nodes > 65536:
+        raise node.error("node_port_base + max_nodes must stay within the TCP port range")
+    if settings.node_port_base <= settings.bootstrap_port < settings.node_port_base + settings.max_nodes:
+        raise node.error("bootstrap_port falls inside the per-broker port range")
+    return settings
+
+
+def _upstream(node: _Node | None, top: _Node) -> UpstreamSettings:
+    if node is None:
+        raise top.error("missing required key 'upstream'")
+    node.keys_allowed({"bootstrap_servers", "sasl", "tls", "connect_timeout_s"})
+    servers_node = node.child("bootstrap_servers")
+    if servers_node is None:
+        raise node.error("missing required key 'bootstrap_servers'")
+    raw = node.value("bootstrap_servers", (list, str))
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not items or not all(isinstance(item, str) for item in items):
+        raise servers_node.error("expected a list of host:port strings")
+    servers = tuple(_host_port(item.strip(), servers_node) for item in items)
+
+    sasl = None
+    sasl_node = node.child("sasl")
+    if sasl_node is not None:
+        sasl_node.keys_allowed({"mechanism", "username", "password"})
+        mechanism = sasl_node.value("mechanism", str, "SCRAM-SHA-512").upper()
+        if mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            raise sasl_node.error(f"mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, got {mechanism!r}")
+        sasl = SaslSettings(mechanism, sasl_node.value("username", str, required=True), _secret(sasl_node, "password"))
+
+    tls = None
+    tls_node = node.child("tls")
+    if tls_node is not None:
+        tls_node.keys_allowed({"enabled", "ca_file", "server_hostname", "verify"})
+        if tls_node.value("enabled", bool, True):
+            ca_file = tls_node.value("ca_file", str)
+            if ca_file is not None and not Path(ca_file).is_file():
+                raise tls_node.error(f"ca_file {ca_file} does not exist")
+            tls = TlsSettings(ca_file, tls_node.value("server_hostname", str), tls_node.value("verify", bool, True))
+
+    timeout = node.value("connect_timeout_s", float, 10.0)
+    return UpstreamSettings(servers, sasl, tls, timeout)
+
+
+def _limits(node: _Node | None) -> Limits:
+    if node is None:
+        return Limits()
+    names = {f for f in Limits.__dataclass_fields__}
+    node.keys_allowed(names)
+    defaults = Limits()
+    values = {}
+    for name in names:
+        default = getattr(defaults, name)
+        value = node.value(name, type(default), default)
+        if value <= 0:
+            raise node.error(f"{name} must be positive")
+        values[name] = value
+    return Limits(**values)
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    """Read and validate a gateway config file; raise ConfigError naming file, line and key."""
+    file = str(path)
+    try:
+        text = Path(file).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    if root is None:
+        raise ConfigError(f"{file}: empty config")
+    top = _Node(file, root, "")
+    top.keys_allowed({"listen", "upstream", "limits", "admin", "workers", "drain_timeout_s", "log_level"})
+
+    admin_node = top.child("admin")
+    admin = AdminSettings()
+    if admin_node is not None:
+        admin_node.keys_allowed({"host", "port"})
+        admin = AdminSettings(admin_node.value("host", str, admin.host), _port(admin_node, "port", admin.port))
+
+    listen = _listen(top.child("listen"))
+    gateway_ports = {listen.bootstrap_port, *range(listen.node_port_base, listen.node_port_base + listen.max_nodes)}
+    if admin.port in gateway_ports and admin.host == listen.host:
+        raise (admin_node or top).error(f"admin port {admin.port} collides with a Kafka listener port")
+    workers = top.value("workers", int, 0)
+    if workers < 0:
+        raise top.error("workers must be 0 (one per core) or more")
+    log_level = top.value("log_level", str, "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise top.error(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+    return GatewayConfig(
+        path=Path(file),
+        listen=listen,
+        upstream=_upstream(top.child("upstream"), top),
+        limits=_limits(top.child("limits")),
+        admin=admin,
+        workers=workers,
+        drain_timeout_s=top.value("drain_timeout_s", float, 30.0),
+        log_level=log_level,
+    )

@@ -1,0 +1,311 @@
+"""One client connection and the upstream connection that serves it.
+
+States::
+
+    CONNECTING --upstream authenticated--> READY --drain--> DRAINING --in-flight empty--> CLOSED
+        |                                    |                  |
+        +------------- any error ------------+------------------+--------------------------> CLOSED
+
+Requests are cut by the Cython FrameReader, which also peeks api_key, version
+and correlation id. A request the gateway forwards unchanged is written upstream
+as the bytes it arrived as, batched per received chunk. Kafka answers requests
+on a connection in order, so an in-flight FIFO of (correlation id, api key,
+version, local answer) pairs each response with its request; answers the gateway
+makes itself wait in that FIFO for their turn so the client sees them in order.
+Only responses that must change (ApiVersions, broker addresses) are decoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from _fastpath import FrameError, FrameReader, WalkError
+from gateway.cluster import UnmappableNode
+from gateway.handlers import addresses, apiversions
+from gateway.protocol import codec
+from gateway.protocol.apis import (
+    API_VERSIONS,
+    DESCRIBE_CLUSTER,
+    FETCH,
+    FIND_COORDINATOR,
+    METADATA,
+    NEVER_FORWARDED,
+    PRODUCE,
+)
+from gateway.protocol.errors import UNSUPPORTED_VERSION
+from gateway.protocol.walkplan import plan_for
+from gateway.upstream import Upstream, UpstreamError
+
+if TYPE_CHECKING:
+    from gateway.worker import WorkerContext
+
+log = logging.getLogger("streamward.connection")
+
+CONNECTING, READY, DRAINING, CLOSED = range(4)
+
+_INT16 = struct.Struct(">h")
+_INT32 = struct.Struct(">i")
+_REPLICA_STATE_TAG = 1  # FetchRequest v15+ top-level tagged field
+_NODE_ENDPOINTS_TAG = 0  # ProduceResponse v10+ and FetchResponse v16+ top-level tagged field
+
+# api_key -> (first version that needs it, rewrite(body, version, ctx) -> changed?)
+ResponseRewrite = Callable[[dict[str, Any], int, "WorkerContext"], bool]
+RESPONSE_REWRITES: dict[int, tuple[int, ResponseRewrite]] = {
+    API_VERSIONS: (0, lambda body, version, ctx: apiversions.filter_response(body, version, ctx.versions)),
+    METADATA: (0, lambda body, version, ctx: addresses.rewrite_metadata(body, version, ctx.cluster)),
+    FIND_COORDINATOR: (0, lambda body, version, ctx: addresses.rewrite_find_coordinator(body, version, ctx.cluster)),
+    DESCRIBE_CLUSTER: (0, lambda body, version, ctx: addresses.rewrite_describe_cluster(body, version, ctx.cluster)),
+    PRODUCE: (10, lambda body, version, ctx: addresses.rewrite_node_endpoints(body, version, ctx.cluster)),
+    FETCH: (16, lambda body, version, ctx: addresses.rewrite_node_endpoints(body, version, ctx.cluster)),
+}
+
+
+class Refusal(Exception):
+    """A request the gateway will not forward and cannot answer: close the connection, log the reason."""
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, ctx: WorkerContext, node_id: int | None) -> None:
+        self.ctx = ctx
+        self.node_id = node_id  # None: the bootstrap listener
+        self.state = CONNECTING
+        self.peer = "?"
+        self.transport: asyncio.Transport | None = None
+        self.upstream: Upstream | None = None
+        self.requests = FrameReader(ctx.config.limits.pre_auth_max_bytes, True)
+        self.inflight: deque[tuple[int, int, int, bytes | None]] = deque()
+        self.pending: list[bytes] = []  # chunks received before the upstream was ready
+        self.pending_bytes = 0
+        self.last_active = 0.0
+        self.reading_paused_for_inflight = False
+        self.close_reason: str | None = None
+
+    # -- asyncio.Protocol: client side --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio subclasses
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        transport.set_write_buffer_limits(high=self.ctx.config.limits.write_buffer_high)
+        self.last_active = self.ctx.loop.time()
+        self.ctx.connection_opened(self)
+        self.ctx.loop.create_task(self._connect_upstream())
+
+    async def _connect_upstream(self) -> None:
+        settings = self.ctx.config.upstream
+        if self.node_id is None:
+            candidates = list(settings.bootstrap_servers)
+        else:
+            address = self.ctx.cluster.upstream_address(self.node_id)
+            if address is None:
+                self.close(f"no broker known for node id {self.node_id}")
+                return
+            candidates = [address]
+        error: UpstreamError | None = None
+        for address in candidates:
+            try:
+                upstream = await Upstream.open(settings, self.ctx.config.limits, address)
+                break
+            except UpstreamError as exc:
+                error = exc
+        else:
+            self.close(f"upstream unavailable: {error}")
+            return
+        if self.state != CONNECTING:
+            upstream.close()
+            return
+        self.upstream = upstream
+        upstream.attach(self)
+        self.state = READY
+        # Authentication (next issue) will raise this only after the client signs in.
+        self.requests.max_frame = self.ctx.config.limits.max_request_bytes
+        pending, self.pending = self.pending, []
+        for chunk in pending:
+            self._on_client_data(chunk)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == READY:
+            self._on_client_data(data)
+        elif self.state == CONNECTING:
+            # uvloop keeps delivering even if reading is paused this early: hold it, bounded.
+            self.pending_bytes += len(data)
+            if self.pending_bytes > self.ctx.config.limits.pre_auth_max_bytes:
+                self.close("client sent too much before the upstream connection was ready")
+                return
+            self.pending.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close("client closed the connection" if exc is None else f"client connection lost: {exc!r}",
+                   quiet=exc is None)
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    # -- requests ------------------------------------------------------------------------------------
+    def _on_client_data(self, data: bytes) -> None:
+        self.last_active = self.ctx.loop.time()
+        try:
+            frames = self.requests.feed(data)
+        except FrameError as exc:
+            self.close(f"unframeable request: {exc}")
+            return
+        if not frames:
+            return
+        allowed = self.ctx.versions
+        inflight = self.inflight
+        forward = []
+        for frame, api_key, version, correlation_id in frames:
+            versions = allowed.get(api_key)
+            try:
+                if versions is None or not versions[0] <= version <= versions[1]:
+                    self._answer(correlation_id, self._refuse(frame, api_key, version, correlation_id))
+                    continue
+                expects_response = True
+                if api_key == PRODUCE or api_key == FETCH:
+                    expects_response = self._check_data_request(frame, api_key, version)
+            except (Refusal, codec.DecodeError, WalkError) as exc:
+                self.close(f"refused api_key={api_key} v{version}: {exc}")
+                return
+            if expects_response:
+                inflight.append((correlation_id, api_key, version, None))
+            forward.append(frame)
+        self.ctx.requests_total += len(frames)
+        if forward and self.upstream is not None:
+            self.upstream.write(forward)
+        if len(inflight) >= self.ctx.config.limits.max_inflight and self.transport is not None:
+            self.reading_paused_for_inflight = True
+            self.transport.pause_reading()
+
+    def _check_data_request(self, frame: Any, api_key: int, version: int) -> bool:
+        """Produce and Fetch: refuse replica fetches; learn whether a response will come (acks=0 has none).
+
+        The Cython walker finds the few fields needed in well under a microsecond; the
+        frame itself is forwarded as it arrived.
+        """
+        if api_key == PRODUCE:
+            plan = plan_for("request", PRODUCE, version, ("acks",))
+            return _INT16.unpack_from(frame, plan.walk(frame)[0])[0] != 0
+        if version < 15:
+            plan = plan_for("request", FETCH, version, ("replica_id",))
+            position = plan.walk(frame)[0]
+        else:
+            # v15+: the replica id moved into the ReplicaState tagged field (tag 1), whose first field it is.
+            plan = plan_for("request", FETCH, version)
+            position = plan.walk(frame)[plan.tag_base + _REPLICA_STATE_TAG]
+        replica_id = _INT32.unpack_from(frame, position)[0] if position >= 0 else -1
+        if replica_id != -1:
+            raise Refusal(f"Fetch with replica id {replica_id}: only consumers may fetch through the gateway")
+        return True
+
+    def _refuse(self, frame: Any, api_key: int, version: int, correlation_id: int) -> bytes:
+        """The answer to an (api_key, version) the gateway does not forward, or Refusal to close."""
+        if api_key == API_VERSIONS:
+            return apiversions.too_new_response(correlation_id)
+        reason = NEVER_FORWARDED.get(api_key, "not supported by the gateway")
+        log.info("%s: refusing api_key=%d v%d (%s)", self.peer, api_key, version, reason)
+        self.ctx.refused_total += 1
+        if codec.supports(api_key, version, "response"):
+            body = codec.top_level_error_response(api_key, version, UNSUPPORTED_VERSION)
+            if body is not None:
+                return codec.encode_response_frame(api_key, version, correlation_id, body)
+        raise Refusal(reason)
+
+    def _answer(self, correlation_id: int, response: bytes) -> None:
+        """Send a gateway-made response now, or after the responses the client is still waiting for."""
+        if self.inflight:
+            self.inflight.append((correlation_id, -1, -1, response))
+        elif self.transport is not None:
+            self.transport.write(response)
+
+    # -- responses -----------------------------------------------------------------------------------
+    def upstream_frames(self, frames: list[tuple[Any, int]]) -> None:
+        self.last_active = self.ctx.loop.time()
+        inflight = self.inflight
+        out: list[Any] = []
+        for frame, correlation_id in frames:
+            while inflight and inflight[0][3] is not None:
+                out.append(inflight.popleft()[3])
+            if not inflight:
+                self.close(f"broker sent correlation id {correlation_id} that no request is waiting for")
+                return
+            expected, api_key, version, _ = inflight.popleft()
+            if correlation_id != expected:
+                self.close(f"broker answered correlation id {correlation_id}, expected {expected}")
+                return
+            rewrite = RESPONSE_REWRITES.get(api_key)
+            if rewrite is not None and version >= rewrite[0]:
+                try:
+                    frame = self._rewrite(frame, api_key, version, rewrite[1])
+                except (codec.DecodeError, WalkError, UnmappableNode) as exc:
+                    self.close(f"cannot rewrite api_key={api_key} v{version} response: {exc}")
+                    return
+            out.append(frame)
+        while inflight and inflight[0][3] is not None:
+            out.append(inflight.popleft()[3])
+        if self.transport is not None:
+            self.transport.writelines(out)
+        if self.reading_paused_for_inflight and len(inflight) < self.ctx.config.limits.max_inflight // 2:
+            self.reading_paused_for_inflight = False
+            if self.state == READY and self.transport is not None:
+                self.transport.resume_reading()
+        if self.state == DRAINING and not inflight:
+            self.close("drained")
+
+    def _rewrite(self, frame: Any, api_key: int, version: int, rewrite: ResponseRewrite) -> Any:
+        if api_key == PRODUCE or api_key == FETCH:
+            # Leader hints (KIP-951) are rare: walk the frame, decode it only when they are there.
+            plan = plan_for("response", api_key, version)
+            if plan.walk(frame)[plan.tag_base + _NODE_ENDPOINTS_TAG] < 0:
+                return frame
+        correlation_id, body = codec.decode_response_frame(api_key, version, frame)
+        if not rewrite(body, version, self.ctx):
+            return frame
+        return codec.encode_response_frame(api_key, version, correlation_id, body)
+
+    def upstream_closed(self, reason: str) -> None:
+        self.close(f"upstream: {reason}")
+
+    def upstream_pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def upstream_resume_writing(self) -> None:
+        if self.transport is not None and self.state == READY and not self.reading_paused_for_inflight:
+            self.transport.resume_reading()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """Stop taking requests; close once every forwarded request has its response."""
+        if self.state in (DRAINING, CLOSED):
+            return
+        if not self.inflight or self.state == CONNECTING:
+            self.close("drained")
+            return
+        self.state = DRAINING
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def idle_for(self, now: float) -> float:
+        return 0.0 if self.inflight else now - self.last_active
+
+    def close(self, reason: str, quiet: bool = False) -> None:
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        self.close_reason = reason
+        if not quiet:
+            log.info("%s: closing connection: %s", self.peer, reason)
+        if self.transport is not None:
+            self.transport.close()
+        if self.upstream is not None:
+            self.upstream.close()
+        self.ctx.connection_closed(self)

@@ -1,0 +1,229 @@
+"""A worker process: one uvloop event loop serving every listener through SO_REUSEPORT.
+
+Lifecycle::
+
+    DISCOVERING --broker versions + nodes known--> SERVING --TERM--> DRAINING --all closed / timeout--> STOPPED
+
+Signals only set state through the loop (``add_signal_handler``): TERM drains,
+HUP reloads the config file in place (open connections stay), INT is left to
+the supervisor, which owns the terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import uvloop
+
+from gateway.cluster import ClusterView, UnmappableNode
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.connection import ClientConnection
+from gateway.handlers import apiversions
+from gateway.protocol.apis import API_VERSIONS, METADATA
+from gateway.stats import WorkerStats
+from gateway.upstream import Upstream, UpstreamError
+
+log = logging.getLogger("streamward.worker")
+
+DISCOVERY_INTERVAL_S = 10.0
+IDLE_SWEEP_INTERVAL_S = 5.0
+STATS_INTERVAL_S = 1.0
+
+
+class WorkerContext:
+    """What every connection of this worker shares: settings, broker view, negotiated versions, counters."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, config: GatewayConfig, cluster: ClusterView) -> None:
+        self.loop = loop
+        self.config = config
+        self.cluster = cluster
+        self.versions: apiversions.VersionTable = {}
+        self.connections: set[ClientConnection] = set()
+        self.connections_total = 0
+        self.requests_total = 0
+        self.refused_total = 0
+
+    def connection_opened(self, connection: ClientConnection) -> None:
+        self.connections.add(connection)
+        self.connections_total += 1
+
+    def connection_closed(self, connection: ClientConnection) -> None:
+        self.connections.discard(connection)
+
+
+class Worker:
+    def __init__(self, config: GatewayConfig, slot: int, stats: WorkerStats) -> None:
+        self.config = config
+        self.slot = slot
+        self.stats = stats
+        self.ctx: WorkerContext | None = None
+        self.servers: dict[int | None, asyncio.AbstractServer] = {}
+        self.stopping: asyncio.Event | None = None
+
+    def run(self) -> int:
+        uvloop.run(self._main())
+        return 0
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        self.ctx = WorkerContext(loop, self.config, ClusterView(self.config.listen, self._bind_node))
+        loop.add_signal_handler(signal.SIGTERM, self._on_term)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        tasks = [loop.create_task(self._publish_stats()), loop.create_task(self._sweep_idle())]
+        while not self.ctx.versions and not self.stopping.is_set():
+            if not await self._discover():
+                await asyncio.sleep(2.0)
+        if not self.stopping.is_set():
+            if self._bind(self.config.listen.bootstrap_port, None):
+                log.info("worker %d serving on %s:%d", self.slot, self.config.listen.host,
+                         self.config.listen.bootstrap_port)
+            tasks.append(loop.create_task(self._rediscover()))
+        await self.stopping.wait()
+        await self._drain()
+        for task in tasks:
+            task.cancel()
+        self._write_stats()
+
+    # -- discovery ------------------------------------------------------------------------------------
+    async def _discover(self) -> bool:
+        """Learn the broker's API versions and nodes with the gateway's own credential."""
+        assert self.ctx is not None
+        upstream_settings = self.ctx.config.upstream
+        for address in upstream_settings.bootstrap_servers:
+            try:
+                upstream = await Upstream.open(upstream_settings, self.ctx.config.limits, address)
+            except UpstreamError as exc:
+                log.warning("discovery: %s", exc)
+                continue
+            try:
+                versions = await upstream.request(API_VERSIONS, 3, {"client_software_name": "streamward",
+                                                                    "client_software_version": "0.1.0"})
+                if versions["error_code"] != 0:
+                    raise UpstreamError(f"ApiVersions error {versions['error_code']}")
+                self.ctx.versions = apiversions.intersect(apiversions.gateway_versions(),
+                                                          apiversions.broker_versions(versions))
+                metadata = await upstream.request(METADATA, 12, {"topics": [], "allow_auto_topic_creation": False})
+                for broker in metadata["brokers"]:
+                    self.ctx.cluster.learn(broker["node_id"], broker["host"], broker["port"])
+                return True
+            except (UpstreamError, UnmappableNode, KeyError) as exc:
+                log.warning("discovery via %s:%d failed: %s", address[0], address[1], exc)
+            finally:
+                upstream.close()
+        return False
+
+    async def _rediscover(self) -> None:
+        while True:
+            await asyncio.sleep(DISCOVERY_INTERVAL_S)
+            await self._discover()
+
+    # -- listeners ------------------------------------------------------------------------------------
+    def _bind_node(self, node_id: int) -> None:
+        port = self.config.listen.node_port(node_id)
+        if port is not None and node_id not in self.servers:
+            self._bind(port, node_id)
+
+    def _bind(self, port: int, node_id: int | None) -> bool:
+        """Each worker owns its own listening socket on the shared port (SO_REUSEPORT)."""
+        assert self.ctx is not None
+        host = self.config.listen.host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            sock.listen(1024)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            log.error("cannot listen on %s:%d for %s: %s", host, port,
+                      "bootstrap" if node_id is None else f"node {node_id}", exc)
+            return False
+        ctx = self.ctx
+        self.servers[node_id] = None  # type: ignore[assignment]  # reserved while create_server runs
+
+        async def start() -> None:
+            server = await ctx.loop.create_server(lambda: ClientConnection(ctx, node_id), sock=sock)
+            if self.stopping is not None and self.stopping.is_set():
+                server.close()
+            else:
+                self.servers[node_id] = server
+
+        ctx.loop.create_task(start())
+        return True
+
+    def _close_listeners(self) -> None:
+        for server in self.servers.values():
+            if server is not None:
+                server.close()
+        self.servers.clear()
+
+    # -- signals ---------------------------------------------------------------------------------------
+    def _on_term(self) -> None:
+        assert self.stopping is not None
+        if self.stopping.is_set():
+            os._exit(1)  # a second TERM forces
+        log.info("worker %d draining", self.slot)
+        self.stopping.set()
+
+    async def _drain(self) -> None:
+        assert self.ctx is not None
+        self._close_listeners()
+        for connection in list(self.ctx.connections):
+            connection.begin_drain()
+        deadline = time.monotonic() + self.ctx.config.drain_timeout_s
+        while self.ctx.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.ctx.connections):
+            connection.close("drain timeout")
+        log.info("worker %d stopped", self.slot)
+
+    async def _reload(self) -> None:
+        assert self.ctx is not None
+        try:
+            config = load_config(self.config.path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        listen_changed = config.listen != self.config.listen
+        self.config = config
+        self.ctx.config = config
+        self.ctx.cluster.listen = config.listen
+        if listen_changed:
+            self._close_listeners()
+            self._bind(config.listen.bootstrap_port, None)
+            for node_id in self.ctx.cluster.node_ids:
+                self._bind_node(node_id)
+        log.info("worker %d reloaded %s (%d open connections kept)", self.slot, config.path, len(self.ctx.connections))
+
+    # -- housekeeping ----------------------------------------------------------------------------------
+    async def _sweep_idle(self) -> None:
+        assert self.ctx is not None
+        while True:
+            await asyncio.sleep(IDLE_SWEEP_INTERVAL_S)
+            now = self.ctx.loop.time()
+            limit = self.ctx.config.limits.idle_timeout_s
+            for connection in list(self.ctx.connections):
+                if connection.idle_for(now) > limit:
+                    connection.close(f"idle for more than {limit:.0f} s")
+
+    async def _publish_stats(self) -> None:
+        while True:
+            self._write_stats()
+            await asyncio.sleep(STATS_INTERVAL_S)
+
+    def _write_stats(self) -> None:
+        ctx: Any = self.ctx
+        self.stats.write(self.slot, pid=os.getpid(), serving=int(None in self.servers),
+                         connections_open=len(ctx.connections),
+                         connections_total=ctx.connections_total, requests_total=ctx.requests_total,
+                         refused_total=ctx.refused_total, heartbeat_ms=int(time.time() * 1000))

@@ -1,0 +1,53 @@
+"""Fixtures for tests that need the gateway in front of the session's Kafka cluster."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from gateway.dev.process import REPO, GatewayProcess
+
+
+@pytest.fixture(scope="session")
+def gateway(kafka_cluster, tmp_path_factory):
+    """The shared gateway: two workers, as on this two-core machine."""
+    process = GatewayProcess(tmp_path_factory.mktemp("gateway"), kafka_cluster, workers=2, port_base=31092,
+                             admin_port=31100)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def admin(kafka_cluster):
+    """kafka-python admin client straight to the brokers, as the cluster's admin user."""
+    client = KafkaAdminClient(bootstrap_servers=kafka_cluster.bootstrap, security_protocol="SASL_PLAINTEXT",
+                              sasl_mechanism="SCRAM-SHA-512", sasl_plain_username="admin",
+                              sasl_plain_password=kafka_cluster.passwords["admin"], request_timeout_ms=30000)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_topic(admin):
+    """Create a uniquely named topic straight on the cluster; returns its name."""
+
+    def create(prefix: str = "t", partitions: int = 3, replication_factor: int = 1) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        admin.create_topics([NewTopic(name, partitions, replication_factor)], timeout_ms=30000)
+        return name
+
+    return create
+
+
+@pytest.fixture(scope="session")
+def franz_binary(tmp_path_factory) -> Path:
+    """The franz-go test client, built once from tests/clients/franz."""
+    out = tmp_path_factory.mktemp("franz") / "franz"
+    subprocess.run(["go", "build", "-o", str(out), "."], cwd=REPO / "tests" / "clients" / "franz", check=True,
+                   timeout=600)
+    return out
