@@ -23,6 +23,7 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from gateway.dev.idp import DevIdp  # noqa: E402
 from gateway.dev.kafka import KafkaCluster, ensure_jars, java_tool  # noqa: E402
 from gateway.dev.process import GatewayProcess  # noqa: E402
 
@@ -45,23 +46,25 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def produce(lib: Path, bootstrap: str, topic: str, records: int, client_config: Path | None) -> dict:
+def produce(lib: Path, bootstrap: str, topic: str, records: int, client_config: Path | None, jvm: list[str]) -> dict:
     args = ["--topic", topic, "--num-records", str(records), "--record-size", str(RECORD_SIZE),
             "--throughput", "-1", "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all"]
     if client_config is not None:
         args += ["--command-config", str(client_config)]
-    result = java_tool(lib, "org.apache.kafka.tools.ProducerPerformance", args, timeout=600, heap="512m")
+    result = java_tool(lib, "org.apache.kafka.tools.ProducerPerformance", args, timeout=600, heap="512m",
+                       extra_jvm_args=jvm)
     if result.returncode != 0:
         raise RuntimeError(result.stderr.decode()[-2000:])
     match = PRODUCER_LINE.findall(result.stdout.decode())[-1]
     return {"mb_s": float(match[1]), "p50_ms": float(match[4]), "p99_ms": float(match[6])}
 
 
-def consume(lib: Path, bootstrap: str, topic: str, records: int, client_config: Path | None) -> dict:
+def consume(lib: Path, bootstrap: str, topic: str, records: int, client_config: Path | None, jvm: list[str]) -> dict:
     args = ["--bootstrap-server", bootstrap, "--topic", topic, "--messages", str(records), "--timeout", "60000"]
     if client_config is not None:
         args += ["--command-config", str(client_config)]
-    result = java_tool(lib, "org.apache.kafka.tools.ConsumerPerformance", args, timeout=600, heap="512m")
+    result = java_tool(lib, "org.apache.kafka.tools.ConsumerPerformance", args, timeout=600, heap="512m",
+                       extra_jvm_args=jvm)
     if result.returncode != 0:
         raise RuntimeError(result.stderr.decode()[-2000:])
     lines = [line for line in result.stdout.decode().splitlines() if line and line[0].isdigit()]
@@ -75,6 +78,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=800_000, help="records per run (1 KiB each)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-auth", action="store_true", help="clients connect to the gateway without signing in")
     args = parser.parse_args()
 
     lib = ensure_jars()
@@ -85,10 +89,30 @@ def main() -> int:
     cluster.write_client_config("admin", direct_config)
     runs: dict[str, list[dict]] = {"direct": [], "gateway1": [], "gateway2": []}
     cpu_per_gb: list[float] = []
+    idp = None
+    gateway_config: Path | None = None
+    gateway_jvm: list[str] = []
+    overrides: dict = {}
+    if not args.no_auth:
+        # Clients sign in to the gateway with OAUTHBEARER through the dev IdP, as in production.
+        idp = DevIdp({"audience": "streamward", "clients": [{"id": "bench", "secret": "bench-secret"}]},
+                     data_dir=work / "idp").start()
+        overrides = {"auth": {"oidc": {"issuer": idp.issuer, "audience": "streamward"}}}
+        gateway_config = work / "oauth.properties"
+        gateway_config.write_text(
+            "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=OAUTHBEARER\n"
+            "sasl.login.callback.handler.class="
+            "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginCallbackHandler\n"
+            f"sasl.oauthbearer.token.endpoint.url={idp.token_endpoint}\n"
+            "sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required "
+            'clientId="bench" clientSecret="bench-secret";\n')
+        gateway_jvm = [f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={idp.token_endpoint}"]
     try:
         gateways = {
-            "gateway1": GatewayProcess(work / "gw1", cluster, workers=1, port_base=31192, admin_port=31200),
-            "gateway2": GatewayProcess(work / "gw2", cluster, workers=2, port_base=31292, admin_port=31300),
+            "gateway1": GatewayProcess(work / "gw1", cluster, workers=1, port_base=31192, admin_port=31200,
+                                       overrides=overrides),
+            "gateway2": GatewayProcess(work / "gw2", cluster, workers=2, port_base=31292, admin_port=31300,
+                                       overrides=overrides),
         }
         for gateway in gateways.values():
             gateway.start()
@@ -98,10 +122,11 @@ def main() -> int:
                 cluster.create_topic(topic, partitions=6, replication_factor=1)
                 gateway = gateways.get(side)
                 bootstrap = cluster.bootstrap if gateway is None else gateway.bootstrap
-                config = direct_config if gateway is None else None
+                config = direct_config if gateway is None else gateway_config
+                jvm = [] if gateway is None else gateway_jvm
                 cpu_before = cpu_seconds(gateway.proc.pid) if gateway else 0.0
-                produced = produce(lib, bootstrap, topic, args.records, config)
-                consumed = consume(lib, bootstrap, topic, args.records, config)
+                produced = produce(lib, bootstrap, topic, args.records, config, jvm)
+                consumed = consume(lib, bootstrap, topic, args.records, config, jvm)
                 if gateway is not None:
                     gigabytes = 2 * args.records * RECORD_SIZE / 1e9  # each record crosses the gateway twice
                     cpu_per_gb.append((cpu_seconds(gateway.proc.pid) - cpu_before) / gigabytes)
@@ -112,6 +137,8 @@ def main() -> int:
         for gateway in gateways.values():
             gateway.stop()
     finally:
+        if idp is not None:
+            idp.stop()
         cluster.stop()
 
     def median(side: str, kind: str, key: str = "mb_s") -> float:
@@ -120,6 +147,7 @@ def main() -> int:
     best = max(("gateway1", "gateway2"), key=lambda side: median(side, "produce") + median(side, "consume"))
     result = {
         "records_per_run": args.records, "record_size": RECORD_SIZE, "rounds": args.rounds,
+        "client_auth": "none" if args.no_auth else "OAUTHBEARER (dev IdP)",
         "direct_produce_mb_s": median("direct", "produce"),
         "gateway_produce_mb_s": median(best, "produce"),
         "produce_ratio": median(best, "produce") / median("direct", "produce"),

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
@@ -132,6 +133,7 @@ class GatewayConfig:
     upstream: UpstreamSettings
     limits: Limits = field(default_factory=Limits)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     workers: int = 0  # 0: one per core
     drain_timeout_s: float = 30.0
     log_level: str = "INFO"
@@ -297,6 +299,61 @@ def _limits(node: _Node | None) -> Limits:
     return Limits(**values)
 
 
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _checked_url(node: _Node, key: str, required: bool) -> str | None:
+    """IdP URLs come only from config, and must be https unless they point at this machine."""
+    url = node.value(key, str, required=required)
+    if url is None:
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme not in ("https", "http") or not parsed.hostname:
+        raise node.error(f"{key} must be an http(s) URL, got {url!r}")
+    if parsed.scheme == "http" and not _is_loopback(parsed.hostname):
+        raise node.error(f"{key} must use https (http is allowed only for a loopback IdP)")
+    return url.rstrip("/") if key == "issuer" else url
+
+
+def _auth(node: _Node | None) -> AuthSettings:
+    if node is None:
+        return AuthSettings()
+    node.keys_allowed({"oidc", "sasl_plain"})
+    oidc_node = node.child("oidc")
+    oidc = None
+    if oidc_node is not None:
+        names = set(OidcSettings.__dataclass_fields__)
+        oidc_node.keys_allowed(names)
+        defaults = OidcSettings(issuer="", audience="")
+        issuer = _checked_url(oidc_node, "issuer", required=True)
+        audience = oidc_node.value("audience", str, required=True)
+        if not audience:
+            raise oidc_node.error("audience must not be empty")
+        algorithms = tuple(oidc_node.value("algorithms", list, list(defaults.algorithms)))
+        refused = [a for a in algorithms if a not in ASYMMETRIC_ALGORITHMS]
+        if refused or not algorithms:
+            raise oidc_node.error(f"algorithms must be asymmetric ({', '.join(ASYMMETRIC_ALGORITHMS)}); "
+                                  f"refused: {', '.join(map(str, refused)) or 'empty list'}")
+        timings = {}
+        for name in ("leeway_s", "jwks_refresh_s", "jwks_min_refresh_s", "jwks_max_stale_s", "http_timeout_s"):
+            timings[name] = oidc_node.value(name, float, getattr(defaults, name))
+            if timings[name] < 0 or (name != "leeway_s" and timings[name] == 0):
+                raise oidc_node.error(f"{name} must be positive")
+        ca_file = oidc_node.value("ca_file", str)
+        if ca_file is not None and not Path(ca_file).is_file():
+            raise oidc_node.error(f"ca_file {ca_file} does not exist")
+        oidc = OidcSettings(
+            issuer=issuer or "", audience=audience, jwks_uri=_checked_url(oidc_node, "jwks_uri", required=False),
+            principal_claim=oidc_node.value("principal_claim", str, defaults.principal_claim),
+            groups_claim=oidc_node.value("groups_claim", str, defaults.groups_claim),
+            algorithms=algorithms, ca_file=ca_file, **timings)
+    sasl_plain = node.value("sasl_plain", bool, False)
+    if sasl_plain and oidc is None:
+        raise node.error("sasl_plain carries OIDC tokens as passwords: it needs auth.oidc")
+    return AuthSettings(oidc, sasl_plain)
+
+
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     """Read and validate a gateway config file; raise ConfigError naming file, line and key."""
     file = str(path)
@@ -311,7 +368,7 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     if root is None:
         raise ConfigError(f"{file}: empty config")
     top = _Node(file, root, "")
-    top.keys_allowed({"listen", "upstream", "limits", "admin", "workers", "drain_timeout_s", "log_level"})
+    top.keys_allowed({"listen", "upstream", "limits", "admin", "auth", "workers", "drain_timeout_s", "log_level"})
 
     admin_node = top.child("admin")
     admin = AdminSettings()
@@ -335,6 +392,7 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         upstream=_upstream(top.child("upstream"), top),
         limits=_limits(top.child("limits")),
         admin=admin,
+        auth=_auth(top.child("auth")),
         workers=workers,
         drain_timeout_s=top.value("drain_timeout_s", float, 30.0),
         log_level=log_level,

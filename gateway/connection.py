@@ -2,9 +2,11 @@
 
 States::
 
-    CONNECTING --upstream authenticated--> READY --drain--> DRAINING --in-flight empty--> CLOSED
-        |                                    |                  |
-        +------------- any error ------------+------------------+--------------------------> CLOSED
+    AUTHENTICATING --SaslAuthenticate ok--> CONNECTING --upstream ready--> READY --drain--> DRAINING
+          |          (skipped when sign-in     |                            |  ^              |
+          |           is switched off)         |                 re-auth ok |  | same subject  | in-flight empty
+          |                                    |                            +--+              v
+          +------ bad token, wrong request, token expiry, any error -----------------------> CLOSED
 
 Requests are cut by the Cython FrameReader, which also peeks api_key, version
 and correlation id. A request the gateway forwards unchanged is written upstream
@@ -12,7 +14,11 @@ as the bytes it arrived as, batched per received chunk. Kafka answers requests
 on a connection in order, so an in-flight FIFO of (correlation id, api key,
 version, local answer) pairs each response with its request; answers the gateway
 makes itself wait in that FIFO for their turn so the client sees them in order.
-Only responses that must change (ApiVersions, broker addresses) are decoded.
+Only responses that must change (broker addresses) are decoded.
+
+Sign-in is asynchronous (a key may have to be fetched): while it runs, reading
+pauses and frames that already arrived wait in ``deferred``, so order holds.
+No upstream connection exists before the first sign-in succeeds.
 """
 
 from __future__ import annotations
@@ -20,13 +26,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from _fastpath import FrameError, FrameReader, WalkError
+from gateway.auth.principal import ANONYMOUS_SUBJECT, Principal
 from gateway.cluster import UnmappableNode
-from gateway.handlers import addresses, apiversions
+from gateway.handlers import addresses, apiversions, sasl
 from gateway.protocol import codec
 from gateway.protocol.apis import (
     API_VERSIONS,
@@ -36,6 +44,8 @@ from gateway.protocol.apis import (
     METADATA,
     NEVER_FORWARDED,
     PRODUCE,
+    SASL_AUTHENTICATE,
+    SASL_HANDSHAKE,
 )
 from gateway.protocol.errors import UNSUPPORTED_VERSION
 from gateway.protocol.walkplan import plan_for
@@ -46,7 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("streamward.connection")
 
-CONNECTING, READY, DRAINING, CLOSED = range(4)
+AUTHENTICATING, CONNECTING, READY, DRAINING, CLOSED = range(5)
 
 _INT16 = struct.Struct(">h")
 _INT32 = struct.Struct(">i")
@@ -56,7 +66,6 @@ _NODE_ENDPOINTS_TAG = 0  # ProduceResponse v10+ and FetchResponse v16+ top-level
 # api_key -> (first version that needs it, rewrite(body, version, ctx) -> changed?)
 ResponseRewrite = Callable[[dict[str, Any], int, "WorkerContext"], bool]
 RESPONSE_REWRITES: dict[int, tuple[int, ResponseRewrite]] = {
-    API_VERSIONS: (0, lambda body, version, ctx: apiversions.filter_response(body, version, ctx.versions)),
     METADATA: (0, lambda body, version, ctx: addresses.rewrite_metadata(body, version, ctx.cluster)),
     FIND_COORDINATOR: (0, lambda body, version, ctx: addresses.rewrite_find_coordinator(body, version, ctx.cluster)),
     DESCRIBE_CLUSTER: (0, lambda body, version, ctx: addresses.rewrite_describe_cluster(body, version, ctx.cluster)),
@@ -73,14 +82,18 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, ctx: WorkerContext, node_id: int | None) -> None:
         self.ctx = ctx
         self.node_id = node_id  # None: the bootstrap listener
-        self.state = CONNECTING
+        self.state = AUTHENTICATING if ctx.validator is not None else CONNECTING
         self.peer = "?"
         self.transport: asyncio.Transport | None = None
         self.upstream: Upstream | None = None
         self.requests = FrameReader(ctx.config.limits.pre_auth_max_bytes, True)
         self.inflight: deque[tuple[int, int, int, bytes | None]] = deque()
-        self.pending: list[bytes] = []  # chunks received before the upstream was ready
+        self.pending: list[bytes] = []  # chunks received while the upstream opens (sign-in switched off)
         self.pending_bytes = 0
+        self.deferred: list[tuple[Any, int, int, int]] | None = None  # frames waiting for a sign-in to finish
+        self.principal: Principal | None = None
+        self.mechanism: str | None = None  # chosen by SaslHandshake, consumed by SaslAuthenticate
+        self.expiry: asyncio.TimerHandle | None = None
         self.last_active = 0.0
         self.reading_paused_for_inflight = False
         self.close_reason: str | None = None
@@ -90,10 +103,12 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio subclasses
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        transport.set_write_buffer_limits(high=self.ctx.config.limits.write_buffer_high)
+        self.transport.set_write_buffer_limits(high=self.ctx.config.limits.write_buffer_high)
         self.last_active = self.ctx.loop.time()
         self.ctx.connection_opened(self)
-        self.ctx.loop.create_task(self._connect_upstream())
+        if self.state == CONNECTING:
+            self.principal = Principal(ANONYMOUS_SUBJECT, (), float("inf"), self.peer, None, "none")
+            self.ctx.loop.create_task(self._connect_upstream())
 
     async def _connect_upstream(self) -> None:
         settings = self.ctx.config.upstream
@@ -108,6 +123,7 @@ class ClientConnection(asyncio.Protocol):
         error: UpstreamError | None = None
         for address in candidates:
             try:
+                self.ctx.upstream_connects_total += 1
                 upstream = await Upstream.open(settings, self.ctx.config.limits, address)
                 break
             except UpstreamError as exc:
@@ -121,19 +137,24 @@ class ClientConnection(asyncio.Protocol):
         self.upstream = upstream
         upstream.attach(self)
         self.state = READY
-        # Authentication (next issue) will raise this only after the client signs in.
         self.requests.max_frame = self.ctx.config.limits.max_request_bytes
+        if self.deferred is not None:  # frames that arrived behind a sign-in
+            deferred, self.deferred = self.deferred, None
+            if self.transport is not None:
+                self.transport.resume_reading()
+            self._handle(deferred)
+            return
         pending, self.pending = self.pending, []
         for chunk in pending:
             self._on_client_data(chunk)
 
     def data_received(self, data: bytes) -> None:
-        if self.state == READY:
+        if self.state == READY or self.state == AUTHENTICATING or self.deferred is not None:
             self._on_client_data(data)
         elif self.state == CONNECTING:
             # uvloop keeps delivering even if reading is paused this early: hold it, bounded.
             self.pending_bytes += len(data)
-            if self.pending_bytes > self.ctx.config.limits.pre_auth_max_bytes:
+            if self.pending_bytes > self.ctx.config.limits.max_request_bytes:
                 self.close("client sent too much before the upstream connection was ready")
                 return
             self.pending.append(data)
@@ -160,14 +181,31 @@ class ClientConnection(asyncio.Protocol):
             return
         if not frames:
             return
+        self.ctx.requests_total += len(frames)
+        if self.deferred is not None:
+            self.deferred += frames
+            if len(self.deferred) > self.ctx.config.limits.max_inflight:
+                self.close("client kept sending while its sign-in was checked")
+            return
+        self._handle(frames)
+
+    def _handle(self, frames: list[tuple[Any, int, int, int]]) -> None:
+        """Forward what may pass, answer what the gateway answers; stop at a sign-in and resume after it."""
+        if self.state == AUTHENTICATING:
+            self._handle_unauthenticated(frames)
+            return
         allowed = self.ctx.versions
         inflight = self.inflight
         forward = []
-        for frame, api_key, version, correlation_id in frames:
+        for index, (frame, api_key, version, correlation_id) in enumerate(frames):
             versions = allowed.get(api_key)
             try:
                 if versions is None or not versions[0] <= version <= versions[1]:
-                    self._answer(correlation_id, self._refuse(frame, api_key, version, correlation_id))
+                    if api_key == SASL_AUTHENTICATE and self.mechanism is not None:
+                        self._flush_forward(forward)
+                        self._start_sign_in(frame, version, correlation_id, frames[index + 1:])
+                        return
+                    self._answer(correlation_id, self._local_answer(frame, api_key, version, correlation_id))
                     continue
                 expects_response = True
                 if api_key == PRODUCE or api_key == FETCH:
@@ -178,12 +216,33 @@ class ClientConnection(asyncio.Protocol):
             if expects_response:
                 inflight.append((correlation_id, api_key, version, None))
             forward.append(frame)
-        self.ctx.requests_total += len(frames)
-        if forward and self.upstream is not None:
-            self.upstream.write(forward)
+        self._flush_forward(forward)
         if len(inflight) >= self.ctx.config.limits.max_inflight and self.transport is not None:
             self.reading_paused_for_inflight = True
             self.transport.pause_reading()
+
+    def _flush_forward(self, forward: list[Any]) -> None:
+        if forward and self.upstream is not None:
+            self.upstream.write(forward)
+
+    def _handle_unauthenticated(self, frames: list[tuple[Any, int, int, int]]) -> None:
+        """Before sign-in only ApiVersions, SaslHandshake and SaslAuthenticate; anything else closes."""
+        for index, (frame, api_key, version, correlation_id) in enumerate(frames):
+            if api_key == SASL_AUTHENTICATE and self.mechanism is not None and self._version_ok(api_key, version):
+                self._start_sign_in(frame, version, correlation_id, frames[index + 1:])
+                return
+            if api_key not in (API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE):
+                self.close(f"api_key={api_key} before authentication")
+                return
+            try:
+                self._answer(correlation_id, self._local_answer(frame, api_key, version, correlation_id))
+            except (Refusal, codec.DecodeError) as exc:
+                self.close(f"refused api_key={api_key} v{version} before authentication: {exc}")
+                return
+
+    def _version_ok(self, api_key: int, version: int) -> bool:
+        versions = self.ctx.advertised.get(api_key)
+        return versions is not None and versions[0] <= version <= versions[1]
 
     def _check_data_request(self, frame: Any, api_key: int, version: int) -> bool:
         """Produce and Fetch: refuse replica fetches; learn whether a response will come (acks=0 has none).
@@ -206,10 +265,20 @@ class ClientConnection(asyncio.Protocol):
             raise Refusal(f"Fetch with replica id {replica_id}: only consumers may fetch through the gateway")
         return True
 
-    def _refuse(self, frame: Any, api_key: int, version: int, correlation_id: int) -> bytes:
-        """The answer to an (api_key, version) the gateway does not forward, or Refusal to close."""
+    def _local_answer(self, frame: Any, api_key: int, version: int, correlation_id: int) -> bytes:
+        """The gateway's own answer to an API it serves or refuses; Refusal when it must close instead."""
         if api_key == API_VERSIONS:
-            return apiversions.too_new_response(correlation_id)
+            if not self._version_ok(api_key, version):
+                return apiversions.too_new_response(correlation_id)
+            return apiversions.local_response(version, correlation_id, self.ctx.broker_api_versions,
+                                              self.ctx.advertised)
+        if self.ctx.validator is not None and self._version_ok(api_key, version):
+            if api_key == SASL_HANDSHAKE:
+                response, self.mechanism = sasl.handshake(frame, version, correlation_id,
+                                                          sasl.mechanisms(self.ctx.config.auth.sasl_plain))
+                return response
+            if api_key == SASL_AUTHENTICATE:  # no handshake came first
+                return sasl.out_of_order_response(version, correlation_id)
         reason = NEVER_FORWARDED.get(api_key, "not supported by the gateway")
         log.info("%s: refusing api_key=%d v%d (%s)", self.peer, api_key, version, reason)
         self.ctx.refused_total += 1
@@ -225,6 +294,59 @@ class ClientConnection(asyncio.Protocol):
             self.inflight.append((correlation_id, -1, -1, response))
         elif self.transport is not None:
             self.transport.write(response)
+
+    # -- sign-in -------------------------------------------------------------------------------------
+    def _start_sign_in(self, frame: Any, version: int, correlation_id: int, rest: list) -> None:
+        self.deferred = list(rest)
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.ctx.loop.create_task(self._sign_in(frame, version, correlation_id))
+
+    async def _sign_in(self, frame: Any, version: int, correlation_id: int) -> None:
+        mechanism, self.mechanism = self.mechanism, None  # each SaslAuthenticate needs its own handshake
+        header, body = codec.decode_request_frame(frame)
+        validator = self.ctx.validator
+        assert validator is not None and mechanism is not None
+        try:
+            outcome: sasl.SignIn | sasl.AuthFailure = await sasl.sign_in(
+                mechanism, bytes(body["auth_bytes"]), validator.validate, self.peer, header[3], self.ctx.token_error)
+            if self.principal is not None and outcome.principal.subject != self.principal.subject:
+                outcome = sasl.AuthFailure(f"re-authentication as {outcome.principal.subject} on a connection "
+                                           f"of {self.principal.subject}")
+        except sasl.AuthFailure as failure:
+            outcome = failure
+        if self.state == CLOSED:
+            return
+        self._answer(correlation_id, sasl.authenticate_response(version, correlation_id, outcome))
+        if isinstance(outcome, sasl.AuthFailure):
+            self.ctx.auth_failures_total += 1
+            log.warning("%s: sign-in failed (%s): %s", self.peer, mechanism, outcome.reason)
+            self.close(f"authentication failed: {outcome.reason}", quiet=True)
+            return
+        first = self.principal is None
+        self.principal = outcome.principal
+        self._schedule_expiry(outcome.principal.expires_at)
+        log.info("%s: %s %s, session %d s", self.peer, "signed in" if first else "re-authenticated",
+                 outcome.principal.describe(), outcome.lifetime_ms // 1000)
+        if first:
+            # Reading stays paused until the upstream is ready; frames that came behind the
+            # sign-in stay in ``deferred`` and are handled then, in order.
+            self.state = CONNECTING
+            self.requests.max_frame = self.ctx.config.limits.max_request_bytes
+            self.ctx.loop.create_task(self._connect_upstream())
+            return
+        deferred, self.deferred = self.deferred or [], None
+        if self.transport is not None and not self.reading_paused_for_inflight:
+            self.transport.resume_reading()
+        if deferred:
+            self._handle(deferred)
+
+    def _schedule_expiry(self, expires_at: float) -> None:
+        """A connection lives no longer than its token, long poll or not (closed at expiry, not after)."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+        delay = max(0.0, expires_at - time.time())
+        self.expiry = self.ctx.loop.call_later(delay, self.close, "token expired")
 
     # -- responses -----------------------------------------------------------------------------------
     def upstream_frames(self, frames: list[tuple[Any, int]]) -> None:
@@ -255,7 +377,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.writelines(out)
         if self.reading_paused_for_inflight and len(inflight) < self.ctx.config.limits.max_inflight // 2:
             self.reading_paused_for_inflight = False
-            if self.state == READY and self.transport is not None:
+            if self.state == READY and self.transport is not None and self.deferred is None:
                 self.transport.resume_reading()
         if self.state == DRAINING and not inflight:
             self.close("drained")
@@ -279,7 +401,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def upstream_resume_writing(self) -> None:
-        if self.transport is not None and self.state == READY and not self.reading_paused_for_inflight:
+        if (self.transport is not None and self.state == READY and not self.reading_paused_for_inflight
+                and self.deferred is None):
             self.transport.resume_reading()
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -287,7 +410,7 @@ class ClientConnection(asyncio.Protocol):
         """Stop taking requests; close once every forwarded request has its response."""
         if self.state in (DRAINING, CLOSED):
             return
-        if not self.inflight or self.state == CONNECTING:
+        if not self.inflight or self.state != READY:
             self.close("drained")
             return
         self.state = DRAINING
@@ -304,6 +427,8 @@ class ClientConnection(asyncio.Protocol):
         self.close_reason = reason
         if not quiet:
             log.info("%s: closing connection: %s", self.peer, reason)
+        if self.expiry is not None:
+            self.expiry.cancel()
         if self.transport is not None:
             self.transport.close()
         if self.upstream is not None:

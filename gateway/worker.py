@@ -21,6 +21,8 @@ from typing import Any
 
 import uvloop
 
+from gateway.auth.jwks import JwksCache
+from gateway.auth.tokens import TokenError, TokenValidator
 from gateway.cluster import ClusterView, UnmappableNode
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.connection import ClientConnection
@@ -43,11 +45,17 @@ class WorkerContext:
         self.loop = loop
         self.config = config
         self.cluster = cluster
-        self.versions: apiversions.VersionTable = {}
+        self.versions: apiversions.VersionTable = {}  # forwarded (api_key -> version range)
+        self.advertised: apiversions.VersionTable = {}  # what ApiVersions tells clients
+        self.broker_api_versions: dict[str, Any] = {}  # the broker's own ApiVersions answer (features included)
+        self.validator: TokenValidator | None = None  # None: sign-in switched off (development only)
+        self.token_error: type[Exception] = TokenError
         self.connections: set[ClientConnection] = set()
         self.connections_total = 0
         self.requests_total = 0
         self.refused_total = 0
+        self.upstream_connects_total = 0
+        self.auth_failures_total = 0
 
     def connection_opened(self, connection: ClientConnection) -> None:
         self.connections.add(connection)
@@ -65,6 +73,7 @@ class Worker:
         self.ctx: WorkerContext | None = None
         self.servers: dict[int | None, asyncio.AbstractServer] = {}
         self.stopping: asyncio.Event | None = None
+        self.keys: JwksCache | None = None
 
     def run(self) -> int:
         uvloop.run(self._main())
@@ -78,6 +87,7 @@ class Worker:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         tasks = [loop.create_task(self._publish_stats()), loop.create_task(self._sweep_idle())]
+        await self._start_auth()
         while not self.ctx.versions and not self.stopping.is_set():
             if not await self._discover():
                 await asyncio.sleep(2.0)
@@ -88,9 +98,27 @@ class Worker:
             tasks.append(loop.create_task(self._rediscover()))
         await self.stopping.wait()
         await self._drain()
+        if self.keys is not None:
+            self.keys.close()
         for task in tasks:
             task.cancel()
         self._write_stats()
+
+    async def _start_auth(self) -> None:
+        """(Re)build the token validator; connections already signed in keep their principals."""
+        assert self.ctx is not None
+        if self.keys is not None:
+            self.keys.close()
+            self.keys = None
+        oidc = self.config.auth.oidc
+        self.ctx.validator = None
+        if oidc is not None:
+            # Each worker keeps its own key cache: single-flight and rate-limited, fetched off the loop.
+            self.keys = JwksCache(oidc)
+            await self.keys.start()
+            self.ctx.validator = TokenValidator(oidc, self.keys)
+        if self.ctx.versions:
+            self.ctx.advertised = apiversions.advertised_versions(self.ctx.versions, sasl=oidc is not None)
 
     # -- discovery ------------------------------------------------------------------------------------
     async def _discover(self) -> bool:
@@ -108,8 +136,10 @@ class Worker:
                                                                     "client_software_version": "0.1.0"})
                 if versions["error_code"] != 0:
                     raise UpstreamError(f"ApiVersions error {versions['error_code']}")
-                self.ctx.versions = apiversions.intersect(apiversions.gateway_versions(),
-                                                          apiversions.broker_versions(versions))
+                forwarded = apiversions.forwarded_versions(apiversions.broker_versions(versions))
+                self.ctx.broker_api_versions = versions
+                self.ctx.advertised = apiversions.advertised_versions(forwarded, sasl=self.ctx.validator is not None)
+                self.ctx.versions = forwarded
                 metadata = await upstream.request(METADATA, 12, {"topics": [], "allow_auto_topic_creation": False})
                 for broker in metadata["brokers"]:
                     self.ctx.cluster.learn(broker["node_id"], broker["host"], broker["port"])
@@ -195,8 +225,11 @@ class Worker:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         listen_changed = config.listen != self.config.listen
+        auth_changed = config.auth != self.config.auth
         self.config = config
         self.ctx.config = config
+        if auth_changed:
+            await self._start_auth()
         self.ctx.cluster.listen = config.listen
         if listen_changed:
             self._close_listeners()
@@ -226,4 +259,5 @@ class Worker:
         self.stats.write(self.slot, pid=os.getpid(), serving=int(None in self.servers),
                          connections_open=len(ctx.connections),
                          connections_total=ctx.connections_total, requests_total=ctx.requests_total,
-                         refused_total=ctx.refused_total, heartbeat_ms=int(time.time() * 1000))
+                         refused_total=ctx.refused_total, upstream_connects_total=ctx.upstream_connects_total,
+                         auth_failures_total=ctx.auth_failures_total, heartbeat_ms=int(time.time() * 1000))

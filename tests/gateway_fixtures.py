@@ -9,17 +9,50 @@ from pathlib import Path
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from gateway.dev.idp import DevIdp
 from gateway.dev.process import REPO, GatewayProcess
+from tests.oauth import CLIENTS
+from tests.wire import WireClient
 
 
 @pytest.fixture(scope="session")
-def gateway(kafka_cluster, tmp_path_factory):
-    """The shared gateway: two workers, as on this two-core machine."""
+def idp(tmp_path_factory):
+    """The dev OIDC IdP with the test clients (tests/oauth.py), on a free loopback port."""
+    config = {"audience": "streamward", "token_lifetime_s": 3600,
+              "clients": [{"id": name, **client} for name, client in CLIENTS.items()]}
+    with DevIdp(config, data_dir=tmp_path_factory.mktemp("idp")) as provider:
+        yield provider
+
+
+def oidc_overrides(idp, **oidc) -> dict:
+    return {"auth": {"oidc": {"issuer": idp.issuer, "audience": "streamward", **oidc}, "sasl_plain": True}}
+
+
+@pytest.fixture(scope="session")
+def gateway(kafka_cluster, idp, tmp_path_factory):
+    """The shared gateway: two workers, as on this two-core machine; clients sign in with OIDC tokens."""
     process = GatewayProcess(tmp_path_factory.mktemp("gateway"), kafka_cluster, workers=2, port_base=31092,
-                             admin_port=31100)
+                             admin_port=31100, overrides=oidc_overrides(idp))
     process.start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+def connect(gateway, idp):
+    """Open a WireClient to the shared gateway (bootstrap, or a broker's port) already signed in."""
+    clients = []
+
+    def open_signed_in(address: str | None = None, subject: str = "etl-job") -> WireClient:
+        wire = WireClient(address or gateway.bootstrap)
+        clients.append(wire)
+        answer = wire.sign_in(idp.mint(subject, groups=["etl"]))
+        assert answer["error_code"] == 0, answer
+        return wire
+
+    yield open_signed_in
+    for wire in clients:
+        wire.close()
 
 
 @pytest.fixture(scope="session")

@@ -26,10 +26,10 @@ def find_coordinators(wire: WireClient, keys: list[str], version: int = 4) -> di
         time.sleep(0.5)
 
 
-def test_rewritten_addresses_name_only_gateway_ports(gateway, kafka_cluster, make_topic):
+def test_rewritten_addresses_name_only_gateway_ports(gateway, connect, kafka_cluster, make_topic):
     topic = make_topic("leak", partitions=6)
     real_ports = {port for _, port in kafka_cluster.node_addresses.values()}
-    with WireClient(gateway.bootstrap) as wire:
+    with connect() as wire:
         metadata = wire.request(METADATA, 12, {"topics": [{"name": topic}], "allow_auto_topic_creation": False})
         batched = find_coordinators(wire, ["g1", "g2", "g3"])
         single = find_coordinators(wire, ["g1"], version=3)
@@ -52,18 +52,18 @@ def test_rewritten_addresses_name_only_gateway_ports(gateway, kafka_cluster, mak
         assert len(leaders) > 1, "the test topic should have leaders on several brokers"
 
 
-def test_every_broker_port_serves_and_group_offsets_commit(gateway, kafka_cluster, make_topic):
+def test_every_broker_port_serves_and_group_offsets_commit(gateway, connect, kafka_cluster, make_topic):
     """Each per-broker listener reaches its broker; offsets commit through the group coordinator."""
     topic = make_topic("coord", partitions=3)
     group = f"g-{uuid.uuid4().hex[:8]}"
     for node_id in kafka_cluster.node_addresses:
-        with WireClient(f"127.0.0.1:{gateway.port_base + node_id}") as wire:
+        with connect(f"127.0.0.1:{gateway.port_base + node_id}") as wire:
             metadata = wire.request(METADATA, 12, {"topics": None, "allow_auto_topic_creation": False})
             assert metadata["brokers"]
-    with WireClient(gateway.bootstrap) as wire:
+    with connect() as wire:
         coordinator = find_coordinators(wire, [group])
     port = coordinator["coordinators"][0]["port"]
-    with WireClient(f"127.0.0.1:{port}") as wire:
+    with connect(f"127.0.0.1:{port}") as wire:
         partitions = [{"partition_index": p, "committed_offset": 7 + p, "committed_metadata": ""} for p in range(3)]
         commit = wire.request(OFFSET_COMMIT, 8, {"group_id": group, "generation_id_or_member_epoch": -1,
                                                   "member_id": "", "topics": [{"name": topic,
@@ -76,7 +76,7 @@ def test_every_broker_port_serves_and_group_offsets_commit(gateway, kafka_cluste
     assert offsets == {0: 7, 1: 8, 2: 9}
 
 
-def test_leader_hints_in_produce_and_fetch_responses_are_rewritten(gateway, kafka_cluster, make_topic):
+def test_leader_hints_in_produce_and_fetch_responses_are_rewritten(gateway, connect, kafka_cluster, make_topic):
     """KIP-951: a broker that is not the leader names the leader's endpoint; the client sees the gateway's."""
     from kafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -85,14 +85,14 @@ def test_leader_hints_in_produce_and_fetch_responses_are_rewritten(gateway, kafk
     if len(kafka_cluster.node_addresses) < 3:
         pytest.skip("needs a multi-broker cluster")
     topic = make_topic("hint", partitions=1)
-    with WireClient(gateway.bootstrap) as wire:
+    with connect() as wire:
         metadata = wire.request(METADATA, 12, {"topics": [{"name": topic}], "allow_auto_topic_creation": False})
     leader = metadata["topics"][0]["partitions"][0]["leader_id"]
     topic_id = metadata["topics"][0]["topic_id"]
     follower = next(node for node in kafka_cluster.node_addresses if node != leader)
     batch = DefaultRecordBatchBuilder(2, 0, False, -1, -1, -1, 1 << 20)
     batch.append(0, int(time.time() * 1000), b"k", b"v", [])
-    with WireClient(f"127.0.0.1:{gateway.port_base + follower}") as wire:
+    with connect(f"127.0.0.1:{gateway.port_base + follower}") as wire:
         produced = wire.request(PRODUCE, 12, {"acks": -1, "timeout_ms": 10000, "topic_data": [
             {"name": topic, "partition_data": [{"index": 0, "records": bytes(batch.build())}]}]})
         fetched = wire.request(FETCH, 17, {"max_wait_ms": 0, "min_bytes": 1, "max_bytes": 1 << 20, "topics": [

@@ -1,8 +1,9 @@
-"""Real, unmodified Kafka clients produce 10,000 records through the gateway and consume them back.
+"""Real, unmodified Kafka clients sign in with OIDC and produce 10,000 records through the gateway, then consume them.
 
-Each test proves: the same count, the same keys, values and headers, and the
-same order within each partition as produced (records of one producer keep
-their order per partition).
+Each client uses only its standard OAuth settings against the dev IdP's token
+endpoint (kcat, whose Debian build lacks OIDC, sends the token as a SASL/PLAIN
+password). Each test proves: the same count, the same keys, values and headers,
+and the same order within each partition as produced.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import re
 import subprocess
 import uuid
+
+from tests.oauth import AioKafkaProvider, KafkaPythonProvider, fetch_token, java_client_properties, librdkafka_settings
 
 N = 10_000
 
@@ -41,11 +44,13 @@ def verify(records: list[tuple[int, int, str, str, dict[str, str]]], headers_fix
     assert len(last_index) > 1, "records should spread over several partitions"
 
 
-def test_kafka_python(gateway, make_topic):
+def test_kafka_python(gateway, idp, make_topic):
     from kafka import KafkaConsumer, KafkaProducer
 
     topic = make_topic("kafka-python")
-    producer = KafkaProducer(bootstrap_servers=gateway.bootstrap, linger_ms=5)
+    auth = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "OAUTHBEARER",
+            "sasl_oauth_token_provider": KafkaPythonProvider(idp.token_endpoint)}
+    producer = KafkaProducer(bootstrap_servers=gateway.bootstrap, linger_ms=5, **auth)
     for i in range(N):
         key, value, headers = expected(i)
         producer.send(topic, key=key.encode(), value=value.encode(),
@@ -54,7 +59,7 @@ def test_kafka_python(gateway, make_topic):
     producer.close()
 
     consumer = KafkaConsumer(topic, bootstrap_servers=gateway.bootstrap, group_id=f"g-{uuid.uuid4().hex[:6]}",
-                             auto_offset_reset="earliest", consumer_timeout_ms=30000)
+                             auto_offset_reset="earliest", consumer_timeout_ms=30000, **auth)
     records = []
     for message in consumer:
         records.append((message.partition, message.offset, message.key.decode(), message.value.decode(),
@@ -66,13 +71,16 @@ def test_kafka_python(gateway, make_topic):
     verify(records)
 
 
-def test_aiokafka(gateway, make_topic):
+def test_aiokafka(gateway, idp, make_topic):
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     topic = make_topic("aiokafka")
 
+    auth = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "OAUTHBEARER",
+            "sasl_oauth_token_provider": AioKafkaProvider(idp.token_endpoint)}
+
     async def run():
-        producer = AIOKafkaProducer(bootstrap_servers=gateway.bootstrap, linger_ms=5)
+        producer = AIOKafkaProducer(bootstrap_servers=gateway.bootstrap, linger_ms=5, **auth)
         await producer.start()
         try:
             batch = []
@@ -84,7 +92,7 @@ def test_aiokafka(gateway, make_topic):
         finally:
             await producer.stop()
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=gateway.bootstrap, auto_offset_reset="earliest",
-                                    group_id=f"g-{uuid.uuid4().hex[:6]}")
+                                    group_id=f"g-{uuid.uuid4().hex[:6]}", **auth)
         await consumer.start()
         records = []
         try:
@@ -102,11 +110,12 @@ def test_aiokafka(gateway, make_topic):
     verify(asyncio.run(run()))
 
 
-def test_confluent_kafka(gateway, make_topic):
+def test_confluent_kafka(gateway, idp, make_topic):
     from confluent_kafka import Consumer, Producer
 
     topic = make_topic("confluent")
-    producer = Producer({"bootstrap.servers": gateway.bootstrap, "linger.ms": 5})
+    auth = librdkafka_settings(idp.token_endpoint)
+    producer = Producer({"bootstrap.servers": gateway.bootstrap, "linger.ms": 5, **auth})
     for i in range(N):
         key, value, headers = expected(i)
         while True:
@@ -118,7 +127,7 @@ def test_confluent_kafka(gateway, make_topic):
     assert producer.flush(60) == 0
 
     consumer = Consumer({"bootstrap.servers": gateway.bootstrap, "group.id": f"g-{uuid.uuid4().hex[:6]}",
-                         "auto.offset.reset": "earliest"})
+                         "auto.offset.reset": "earliest", **auth})
     consumer.subscribe([topic])
     records = []
     try:
@@ -135,12 +144,16 @@ def test_confluent_kafka(gateway, make_topic):
     verify(records)
 
 
-def test_kcat(gateway, make_topic):
+def test_kcat(gateway, idp, make_topic):
     topic = make_topic("kcat")
+    # Debian's librdkafka has no OIDC: the token goes as a SASL/PLAIN password (gateway option sasl_plain).
+    auth = ["-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanisms=PLAIN", "-X", "sasl.username=etl-job",
+            "-X", f"sasl.password={fetch_token(idp.token_endpoint)}"]
     lines = "".join(f"{expected(i)[0]}\t{expected(i)[1]}\n" for i in range(N))
-    subprocess.run(["kcat", "-P", "-b", gateway.bootstrap, "-t", topic, "-K", "\t", "-H", "h=kcat", "-z", "none"],
+    subprocess.run(["kcat", "-P", "-b", gateway.bootstrap, "-t", topic, "-K", "\t", "-H", "h=kcat", "-z", "none",
+                    *auth],
                    input=lines.encode(), check=True, timeout=120)
-    result = subprocess.run(["kcat", "-C", "-b", gateway.bootstrap, "-t", topic, "-o", "beginning", "-e",
+    result = subprocess.run(["kcat", "-C", "-b", gateway.bootstrap, "-t", topic, "-o", "beginning", "-e", *auth,
                              "-f", "%p\t%o\t%k\t%s\t%h\n"], capture_output=True, check=True, timeout=120)
     records = []
     for line in result.stdout.decode().splitlines():
@@ -149,22 +162,28 @@ def test_kcat(gateway, make_topic):
     verify(records, headers_fixed={"h": "kcat"})
 
 
-def test_java_console_clients(gateway, make_topic, kafka_jars):
+def test_java_console_clients(gateway, idp, make_topic, kafka_jars, tmp_path):
     from gateway.dev.kafka import java_tool
 
     topic = make_topic("java")
+    client_config = tmp_path / "oauth.properties"
+    client_config.write_text(java_client_properties(idp.token_endpoint))
+    # Kafka 4.x clients fetch tokens only from URLs the JVM allows explicitly.
+    jvm = [f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={idp.token_endpoint}"]
     lines = "".join(f"h:{expected(i)[2]['h']}\t{expected(i)[0]}\t{expected(i)[1]}\n" for i in range(N))
     produced = java_tool(kafka_jars, "org.apache.kafka.tools.ConsoleProducer",
                          ["--bootstrap-server", gateway.bootstrap, "--topic", topic,
-                          "--reader-property", "parse.key=true", "--reader-property", "parse.headers=true"],
-                         input=lines.encode(), timeout=180)
+                          "--reader-property", "parse.key=true", "--reader-property", "parse.headers=true",
+                          "--command-config", str(client_config)],
+                         input=lines.encode(), timeout=180, extra_jvm_args=jvm)
     assert produced.returncode == 0, produced.stderr.decode()[-2000:]
     consumed = java_tool(kafka_jars, "org.apache.kafka.tools.consumer.ConsoleConsumer",
                          ["--bootstrap-server", gateway.bootstrap, "--topic", topic, "--from-beginning",
                           "--max-messages", str(N), "--timeout-ms", "60000",
                           "--formatter-property", "print.partition=true", "--formatter-property", "print.offset=true",
-                          "--formatter-property", "print.headers=true", "--formatter-property", "print.key=true"],
-                         timeout=180)
+                          "--formatter-property", "print.headers=true", "--formatter-property", "print.key=true",
+                          "--command-config", str(client_config)],
+                         timeout=180, extra_jvm_args=jvm)
     assert consumed.returncode == 0, consumed.stderr.decode()[-2000:]
     records = []
     for line in consumed.stdout.decode().splitlines():
@@ -174,10 +193,13 @@ def test_java_console_clients(gateway, make_topic, kafka_jars):
     verify(records)
 
 
-def test_franz_go(gateway, make_topic, franz_binary):
+def test_franz_go(gateway, idp, make_topic, franz_binary):
+    from tests.oauth import CLIENTS
+
     topic = make_topic("franz")
-    result = subprocess.run([str(franz_binary), "-brokers", gateway.bootstrap, "-topic", topic, "-n", str(N)],
-                            capture_output=True, timeout=180)
+    result = subprocess.run([str(franz_binary), "-brokers", gateway.bootstrap, "-topic", topic, "-n", str(N),
+                             "-token-url", idp.token_endpoint, "-client-id", "etl-job",
+                             "-client-secret", CLIENTS["etl-job"]["secret"]], capture_output=True, timeout=180)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     records = [(r["partition"], r["offset"], r["key"], r["value"], r["headers"])
                for r in map(json.loads, result.stdout.decode().splitlines())]

@@ -40,6 +40,18 @@ class WireClient:
         assert correlation_id == self.next_id, (correlation_id, self.next_id)
         return response
 
+    def sign_in(self, token: str, mechanism: str = "OAUTHBEARER", authzid: str = "") -> dict:
+        """SaslHandshake v1 + SaslAuthenticate v2, as Kafka clients do; returns the SaslAuthenticate answer."""
+        from gateway.protocol.apis import SASL_AUTHENTICATE, SASL_HANDSHAKE
+
+        handshake = self.request(SASL_HANDSHAKE, 1, {"mechanism": mechanism})
+        assert handshake["error_code"] == 0, handshake
+        if mechanism == "PLAIN":
+            message = f"{authzid}\0user\0{token}".encode()
+        else:
+            message = f"n,{'a=' + authzid if authzid else ''},\x01auth=Bearer {token}\x01\x01".encode()
+        return self.request(SASL_AUTHENTICATE, 2, {"auth_bytes": message})
+
     def closed_by_peer(self, timeout: float = 5.0) -> bool:
         """True when the gateway closes the connection (EOF or reset) within the timeout."""
         self.sock.settimeout(timeout)

@@ -1,4 +1,4 @@
-"""`make run`: a local Kafka cluster plus the gateway in front of it, until Ctrl-C."""
+"""`make run`: a local Kafka cluster, the development IdP and the gateway in front of both, until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -8,30 +8,65 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gateway.dev.idp import DevIdp
 from gateway.dev.kafka import KafkaCluster, ensure_jars
+
+IDP_CONFIG = Path("examples/idp-clients.yaml")
+IDP_PORT = 9400  # the issuer examples/gateway.yaml trusts
+
+
+def client_settings(token_endpoint: str, client_id: str, secret: str) -> str:
+    return f"""
+Sign in with the dev IdP (client {client_id!r}); every client uses its standard OAuth settings:
+
+  Java (Kafka 4.x) client.properties, and JVM flag
+    -Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={token_endpoint}
+      bootstrap.servers=127.0.0.1:9092
+      security.protocol=SASL_PLAINTEXT
+      sasl.mechanism=OAUTHBEARER
+      sasl.login.callback.handler.class=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginCallbackHandler
+      sasl.oauthbearer.token.endpoint.url={token_endpoint}
+      sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required \\
+          clientId="{client_id}" clientSecret="{secret}";
+
+  librdkafka / confluent-kafka
+      bootstrap.servers=127.0.0.1:9092 security.protocol=SASL_PLAINTEXT sasl.mechanisms=OAUTHBEARER
+      sasl.oauthbearer.method=oidc sasl.oauthbearer.client.id={client_id}
+      sasl.oauthbearer.client.secret={secret} sasl.oauthbearer.token.endpoint.url={token_endpoint}
+
+  kcat (Debian's build has no OIDC: the token goes as a SASL/PLAIN password)
+      TOKEN=$(curl -s -u {client_id}:{secret} -d grant_type=client_credentials {token_endpoint} \\
+              | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+      kcat -b 127.0.0.1:9092 -X security.protocol=SASL_PLAINTEXT -X sasl.mechanisms=PLAIN \\
+           -X sasl.username={client_id} -X "sasl.password=$TOKEN" -L
+
+  aiokafka / kafka-python / franz-go: a token provider that POSTs grant_type=client_credentials
+      to {token_endpoint} with HTTP Basic auth and returns "access_token".
+
+  Check a token as the gateway would:  streamward whoami --token "$TOKEN"
+"""
 
 
 def run_quickstart(config_path: str) -> int:
     workdir = Path(os.environ.get("STREAMWARD_DEV_DIR", "var/dev")).resolve()
-    print("resolving Apache Kafka jars (first run downloads them)...", flush=True)
+    print("resolving Apache Kafka jars (the first run downloads them)...", flush=True)
     ensure_jars()
     cluster = KafkaCluster(workdir / "kafka", nodes=1, port_base=19092)
     print(f"starting a local Kafka in {workdir / 'kafka'} ...", flush=True)
     cluster.start()
+    idp = DevIdp(IDP_CONFIG, port=IDP_PORT, data_dir=workdir / "idp").start()
     env = dict(os.environ, STREAMWARD_UPSTREAM_PASSWORD=cluster.passwords["gateway"])
     gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", config_path], env=env)
-    print(
-        "\nStreamward is running. Point any Kafka client at it:\n"
-        "  bootstrap.servers=127.0.0.1:9092   (security.protocol=PLAINTEXT until OIDC sign-in lands)\n"
-        "  kcat -b 127.0.0.1:9092 -L\n"
-        "  health: http://127.0.0.1:9100/healthz   metrics: http://127.0.0.1:9100/metrics\n"
-        f"Kafka itself listens on {cluster.bootstrap} (SCRAM, gateway and admin only). Ctrl-C stops both.\n",
-        flush=True,
-    )
+    first = idp.config.clients[0]
+    print(f"\nStreamward is running: bootstrap 127.0.0.1:9092, health http://127.0.0.1:9100/healthz\n"
+          f"Dev IdP: {idp.issuer} (clients in {IDP_CONFIG}). Kafka itself: {cluster.bootstrap} "
+          f"(SCRAM, gateway and admin only).\n" + client_settings(idp.token_endpoint, first.id, first.secret) +
+          "\nCtrl-C stops everything.\n", flush=True)
     try:
         return gateway.wait()
     except KeyboardInterrupt:
         gateway.send_signal(signal.SIGTERM)
         return gateway.wait()
     finally:
+        idp.stop()
         cluster.stop()

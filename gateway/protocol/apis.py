@@ -57,7 +57,7 @@ CONSUMER_GROUP_DESCRIBE = 69
 # request whose resources the policy layer can extract.
 FORWARDED: frozenset[int] = frozenset({
     PRODUCE, FETCH, LIST_OFFSETS, METADATA, OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR,
-    JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP, DESCRIBE_GROUPS, LIST_GROUPS, API_VERSIONS,
+    JOIN_GROUP, HEARTBEAT, LEAVE_GROUP, SYNC_GROUP, DESCRIBE_GROUPS, LIST_GROUPS,
     CREATE_TOPICS, DELETE_TOPICS, DELETE_RECORDS, INIT_PRODUCER_ID, OFFSET_FOR_LEADER_EPOCH,
     ADD_PARTITIONS_TO_TXN, ADD_OFFSETS_TO_TXN, END_TXN, TXN_OFFSET_COMMIT, DESCRIBE_CONFIGS,
     ALTER_CONFIGS, DESCRIBE_LOG_DIRS, CREATE_PARTITIONS, DELETE_GROUPS, ELECT_LEADERS,
@@ -65,6 +65,10 @@ FORWARDED: frozenset[int] = frozenset({
     OFFSET_DELETE, DESCRIBE_CLUSTER, DESCRIBE_PRODUCERS, DESCRIBE_TRANSACTIONS, LIST_TRANSACTIONS,
     CONSUMER_GROUP_HEARTBEAT, CONSUMER_GROUP_DESCRIBE,
 })
+
+# Answered by the gateway itself, never forwarded: version negotiation and client sign-in
+# (client SASL bytes never reach a broker; the gateway signs in upstream with its own credential).
+ANSWERED_LOCALLY: frozenset[int] = frozenset({API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE})
 
 # Never forwarded, whatever the version, with the reason. Delegation tokens would
 # mint credentials for the gateway's own principal; ACL, SCRAM and quota APIs
@@ -107,3 +111,4 @@ NEVER_FORWARDED = MappingProxyType({
 })
 
 assert not FORWARDED & set(NEVER_FORWARDED), "an API cannot be both forwarded and refused"
+assert not FORWARDED & ANSWERED_LOCALLY, "an API is either forwarded or answered by the gateway"

@@ -8,10 +8,14 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net/http"
+	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/oauth"
 )
 
 type line struct {
@@ -27,12 +31,24 @@ func main() {
 	topic := flag.String("topic", "", "topic")
 	count := flag.Int("n", 10000, "records to produce and consume")
 	timeout := flag.Duration("timeout", 120*time.Second, "overall timeout")
+	tokenURL := flag.String("token-url", "", "OAuth token endpoint; when set, sign in with SASL/OAUTHBEARER")
+	clientID := flag.String("client-id", "", "OAuth client id")
+	clientSecret := flag.String("client-secret", "", "OAuth client secret")
 	flag.Parse()
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 
-	producer, err := kgo.NewClient(kgo.SeedBrokers(*brokers), kgo.DefaultProduceTopic(*topic))
+	common := []kgo.Opt{kgo.SeedBrokers(*brokers)}
+	if *tokenURL != "" {
+		// franz-go's standard OAUTHBEARER hook: it asks for a token whenever it signs in.
+		common = append(common, kgo.SASL(oauth.Oauth(func(ctx context.Context) (oauth.Auth, error) {
+			token, err := fetchToken(ctx, *tokenURL, *clientID, *clientSecret)
+			return oauth.Auth{Token: token}, err
+		})))
+	}
+
+	producer, err := kgo.NewClient(append(common, kgo.DefaultProduceTopic(*topic))...)
 	if err != nil {
 		fail("producer: %v", err)
 	}
@@ -53,8 +69,8 @@ func main() {
 	}
 	producer.Close()
 
-	consumer, err := kgo.NewClient(kgo.SeedBrokers(*brokers), kgo.ConsumeTopics(*topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	consumer, err := kgo.NewClient(append(common, kgo.ConsumeTopics(*topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...)
 	if err != nil {
 		fail("consumer: %v", err)
 	}
@@ -76,6 +92,32 @@ func main() {
 			seen++
 		})
 	}
+}
+
+// fetchToken runs the OAuth client-credentials grant against the IdP's token endpoint.
+func fetchToken(ctx context.Context, endpoint, id, secret string) (string, error) {
+	form := url.Values{"grant_type": {"client_credentials"}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth(url.QueryEscape(id), url.QueryEscape(secret))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("token endpoint answered %s", resp.Status)
+	}
+	var body struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		return "", err
+	}
+	return body.AccessToken, nil
 }
 
 func fail(format string, args ...any) {
