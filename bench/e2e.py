@@ -33,6 +33,22 @@ PRODUCER_LINE = re.compile(
     r"(\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th")
 
 
+def generated_policy(rules: int) -> str:
+    """A policy of `rules` rules for as many principals, plus the rule that lets the benchmark's own
+    principal (the dev IdP client "bench", or ANONYMOUS without sign-in) produce and consume."""
+    lines = ["rules:",
+             "  - name: bench-client",
+             '    subjects: ["user:bench", "user:ANONYMOUS"]',
+             '    resources: [{topic: {prefix: "bench-"}}, {group: {glob: "*"}}, {cluster: true}]',
+             "    operations: [all]"]
+    for index in range(rules - 1):
+        lines += [f"  - name: team-{index}",
+                  f'    subjects: ["user:svc-{index}", "group:team-{index % 50}"]',
+                  f'    resources: [{{topic: {{prefix: "team-{index}."}}}}, {{group: {{glob: "team-{index}-*"}}}}]',
+                  "    operations: [read, write, describe]"]
+    return "\n".join(lines) + "\n"
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time of the gateway supervisor and all its workers so far."""
     root = psutil.Process(pid)
@@ -79,6 +95,8 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=800_000, help="records per run (1 KiB each)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-auth", action="store_true", help="clients connect to the gateway without signing in")
+    parser.add_argument("--policy-rules", type=int, default=1000,
+                        help="size of the generated policy the gateway decides every request against")
     args = parser.parse_args()
 
     lib = ensure_jars()
@@ -107,12 +125,13 @@ def main() -> int:
             "sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required "
             'clientId="bench" clientSecret="bench-secret";\n')
         gateway_jvm = [f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={idp.token_endpoint}"]
+    policy = generated_policy(args.policy_rules)
     try:
         gateways = {
             "gateway1": GatewayProcess(work / "gw1", cluster, workers=1, port_base=31192, admin_port=31200,
-                                       overrides=overrides),
+                                       overrides=overrides, policy=policy),
             "gateway2": GatewayProcess(work / "gw2", cluster, workers=2, port_base=31292, admin_port=31300,
-                                       overrides=overrides),
+                                       overrides=overrides, policy=policy),
         }
         for gateway in gateways.values():
             gateway.start()
@@ -148,6 +167,7 @@ def main() -> int:
     result = {
         "records_per_run": args.records, "record_size": RECORD_SIZE, "rounds": args.rounds,
         "client_auth": "none" if args.no_auth else "OAUTHBEARER (dev IdP)",
+        "policy_rules": args.policy_rules,
         "direct_produce_mb_s": median("direct", "produce"),
         "gateway_produce_mb_s": median(best, "produce"),
         "produce_ratio": median(best, "produce") / median("direct", "produce"),

@@ -21,6 +21,22 @@ def main(argv: list[str] | None = None) -> int:
     whoami.add_argument("--token", required=True, help="the bearer token (or @FILE to read it from a file)")
     whoami.add_argument("--config", default="examples/gateway.yaml", help="gateway config with auth.oidc")
 
+    policy = commands.add_parser("policy", help="validate and explain access policies")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    check_policy = policy_commands.add_parser("check", help="validate policy files (errors name file, line, key)")
+    check_policy.add_argument("path", nargs="?", default="policies")
+    explain = policy_commands.add_parser("explain", help="the decision for one request and the rule that made it")
+    explain.add_argument("--policies", default="policies", help="policy file or directory")
+    explain.add_argument("--principal", required=True)
+    explain.add_argument("--groups", default="", help="comma-separated groups")
+    target = explain.add_mutually_exclusive_group(required=True)
+    target.add_argument("--topic")
+    target.add_argument("--group")
+    target.add_argument("--transactional-id")
+    target.add_argument("--cluster", action="store_true")
+    explain.add_argument("--op", required=True, help="read, write, create, delete, alter, describe, ...")
+    explain.add_argument("--partition", type=int)
+
     dev = commands.add_parser("dev", help="development helpers")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True)
     dev_commands.add_parser("kafka", help="run a local Kafka cluster (see `streamward dev kafka -h`)", add_help=False)
@@ -43,6 +59,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{args.config}: ok")
         return 0
+    if args.command == "policy":
+        from gateway.policy import check_main, explain_main
+
+        if args.policy_command == "check":
+            return check_main(args.path)
+        groups = [g for g in args.groups.split(",") if g]
+        return explain_main(args.policies, args.principal, groups, operation=args.op, topic=args.topic,
+                            group=args.group, transactional_id=args.transactional_id, cluster=args.cluster,
+                            partition=args.partition)
     if args.command == "whoami":
         return _whoami(args.config, args.token)
     if args.dev_command == "idp":

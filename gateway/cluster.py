@@ -25,6 +25,25 @@ class ClusterView:
         self.listen = listen
         self._on_new_node = on_new_node
         self._upstream: dict[int, tuple[str, int]] = {}
+        # Topic ids (Fetch v13+, Produce v13+, Metadata by id) are resolved to names from the gateway's
+        # own view before any decision: the policy speaks of names, and an id it cannot name is refused.
+        self._topic_names: dict[bytes, str] = {}
+        self._topic_ids: dict[str, bytes] = {}
+
+    def learn_topic(self, name: str, topic_id: bytes) -> None:
+        if not name or topic_id == bytes(16):
+            return
+        previous = self._topic_ids.get(name)
+        if previous is not None and previous != topic_id:
+            self._topic_names.pop(previous, None)  # the topic was deleted and created again
+        self._topic_ids[name] = topic_id
+        self._topic_names[topic_id] = name
+
+    def name_of(self, topic_id: bytes) -> str | None:
+        return self._topic_names.get(topic_id)
+
+    def id_of(self, name: str) -> bytes | None:
+        return self._topic_ids.get(name)
 
     def learn(self, node_id: int, host: str, port: int) -> None:
         if node_id < 0 or not host or port <= 0:

@@ -121,6 +121,13 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class PolicySettings:
+    path: Path | None = None  # a policy file or a directory of *.yaml; None: every request is denied
+    watch_interval_s: float = 1.0  # the supervisor reloads when a policy file changes
+    max_bytes: int = 16 * 1024 * 1024  # shared-memory room for one compiled snapshot
+
+
+@dataclass(frozen=True)
 class AdminSettings:
     host: str = "127.0.0.1"
     port: int = 9100
@@ -134,6 +141,7 @@ class GatewayConfig:
     limits: Limits = field(default_factory=Limits)
     admin: AdminSettings = field(default_factory=AdminSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
     workers: int = 0  # 0: one per core
     drain_timeout_s: float = 30.0
     log_level: str = "INFO"
@@ -354,6 +362,24 @@ def _auth(node: _Node | None) -> AuthSettings:
     return AuthSettings(oidc, sasl_plain)
 
 
+def _policy(node: _Node | None) -> PolicySettings:
+    if node is None:
+        return PolicySettings()
+    node.keys_allowed({"path", "watch_interval_s", "max_bytes"})
+    defaults = PolicySettings()
+    raw = node.value("path", str, required=True)
+    path = Path(raw)
+    if not path.is_absolute():
+        path = Path(node.file).parent / path
+    if not path.exists():
+        raise node.error(f"policy path {raw} does not exist")
+    interval = node.value("watch_interval_s", float, defaults.watch_interval_s)
+    max_bytes = node.value("max_bytes", int, defaults.max_bytes)
+    if interval <= 0 or max_bytes < 4096:
+        raise node.error("watch_interval_s must be positive and max_bytes at least 4096")
+    return PolicySettings(path, interval, max_bytes)
+
+
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     """Read and validate a gateway config file; raise ConfigError naming file, line and key."""
     file = str(path)
@@ -368,7 +394,8 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     if root is None:
         raise ConfigError(f"{file}: empty config")
     top = _Node(file, root, "")
-    top.keys_allowed({"listen", "upstream", "limits", "admin", "auth", "workers", "drain_timeout_s", "log_level"})
+    top.keys_allowed({"listen", "upstream", "limits", "admin", "auth", "policy", "workers", "drain_timeout_s",
+                      "log_level"})
 
     admin_node = top.child("admin")
     admin = AdminSettings()
@@ -393,6 +420,7 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         limits=_limits(top.child("limits")),
         admin=admin,
         auth=_auth(top.child("auth")),
+        policy=_policy(top.child("policy")),
         workers=workers,
         drain_timeout_s=top.value("drain_timeout_s", float, 30.0),
         log_level=log_level,

@@ -28,13 +28,15 @@ import logging
 import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from _fastpath import FrameError, FrameReader, WalkError
 from gateway.auth.principal import ANONYMOUS_SUBJECT, Principal
+from gateway.authz import Outcome, authorize
 from gateway.cluster import UnmappableNode
 from gateway.handlers import addresses, apiversions, sasl
+from gateway.policy.snapshot import ViewHolder
 from gateway.protocol import codec
 from gateway.protocol.apis import (
     API_VERSIONS,
@@ -74,6 +76,41 @@ RESPONSE_REWRITES: dict[int, tuple[int, ResponseRewrite]] = {
 }
 
 
+FixResponse = Callable[[dict[str, Any]], dict[str, Any]]
+_UNKNOWN_TOPIC_IDS = object()
+
+
+class _RecordingTopicIds:
+    """The worker's topic id map, noting ids it could not name (so the worker can look them up once)."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self.missed = False
+
+    def name_of(self, topic_id: bytes) -> str | None:
+        name = self.cluster.name_of(topic_id)
+        if name is None:
+            self.missed = True
+        return name
+
+    def id_of(self, name: str) -> bytes | None:
+        return self.cluster.id_of(name)
+
+
+def _sessionless(frame: Any, version: int) -> bytes:
+    """Fetch v7+: force a session-less full fetch (session 0, epoch -1) so that the broker never holds a
+    fetch session for the client. Every Fetch then names its partitions and is authorized whole; an
+    incremental fetch naming nothing cannot keep serving partitions the policy stopped allowing."""
+    plan = plan_for("request", FETCH, version, ("session_id", "session_epoch"))
+    session_at, epoch_at = plan.walk(frame)[:2]
+    if _INT32.unpack_from(frame, session_at)[0] == 0 and _INT32.unpack_from(frame, epoch_at)[0] == -1:
+        return frame
+    patched = bytearray(frame)
+    _INT32.pack_into(patched, session_at, 0)
+    _INT32.pack_into(patched, epoch_at, -1)
+    return bytes(patched)
+
+
 class Refusal(Exception):
     """A request the gateway will not forward and cannot answer: close the connection, log the reason."""
 
@@ -87,11 +124,13 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.upstream: Upstream | None = None
         self.requests = FrameReader(ctx.config.limits.pre_auth_max_bytes, True)
-        self.inflight: deque[tuple[int, int, int, bytes | None]] = deque()
+        # (correlation id, api key, version, gateway-made answer or None, response fix-up or None)
+        self.inflight: deque[tuple[int, int, int, bytes | None, FixResponse | None]] = deque()
         self.pending: list[bytes] = []  # chunks received while the upstream opens (sign-in switched off)
         self.pending_bytes = 0
         self.deferred: list[tuple[Any, int, int, int]] | None = None  # frames waiting for a sign-in to finish
         self.principal: Principal | None = None
+        self.views: ViewHolder | None = None  # the policy as it applies to this principal
         self.mechanism: str | None = None  # chosen by SaslHandshake, consumed by SaslAuthenticate
         self.expiry: asyncio.TimerHandle | None = None
         self.last_active = 0.0
@@ -107,7 +146,7 @@ class ClientConnection(asyncio.Protocol):
         self.last_active = self.ctx.loop.time()
         self.ctx.connection_opened(self)
         if self.state == CONNECTING:
-            self.principal = Principal(ANONYMOUS_SUBJECT, (), float("inf"), self.peer, None, "none")
+            self._set_principal(Principal(ANONYMOUS_SUBJECT, (), float("inf"), self.peer, None, "none"))
             self.ctx.loop.create_task(self._connect_upstream())
 
     async def _connect_upstream(self) -> None:
@@ -199,6 +238,7 @@ class ClientConnection(asyncio.Protocol):
         forward = []
         for index, (frame, api_key, version, correlation_id) in enumerate(frames):
             versions = allowed.get(api_key)
+            fix = None
             try:
                 if versions is None or not versions[0] <= version <= versions[1]:
                     if api_key == SASL_AUTHENTICATE and self.mechanism is not None:
@@ -210,11 +250,30 @@ class ClientConnection(asyncio.Protocol):
                 expects_response = True
                 if api_key == PRODUCE or api_key == FETCH:
                     expects_response = self._check_data_request(frame, api_key, version)
+                outcome = self._authorize(frame, api_key, version)
+                if outcome is _UNKNOWN_TOPIC_IDS:
+                    # Another worker's client learned these ids; ask the brokers once, then decide.
+                    self._flush_forward(forward)
+                    self._defer(frames[index:], self.ctx.refresh_topics())
+                    return
+                if outcome is not None:
+                    if outcome.close is not None:
+                        raise Refusal(outcome.close)
+                    if outcome.answer is not None:
+                        if expects_response:
+                            self._answer(correlation_id, codec.encode_response_frame(
+                                api_key, version, correlation_id, outcome.answer))
+                        continue
+                    if outcome.forward is not None:
+                        frame = self._reencode(frame, api_key, version, correlation_id, outcome.forward)
+                    fix = outcome.fix_response
+                elif api_key == FETCH and version >= 7:
+                    frame = _sessionless(frame, version)
             except (Refusal, codec.DecodeError, WalkError) as exc:
                 self.close(f"refused api_key={api_key} v{version}: {exc}")
                 return
             if expects_response:
-                inflight.append((correlation_id, api_key, version, None))
+                inflight.append((correlation_id, api_key, version, None, fix))
             forward.append(frame)
         self._flush_forward(forward)
         if len(inflight) >= self.ctx.config.limits.max_inflight and self.transport is not None:
@@ -265,6 +324,37 @@ class ClientConnection(asyncio.Protocol):
             raise Refusal(f"Fetch with replica id {replica_id}: only consumers may fetch through the gateway")
         return True
 
+    def _authorize(self, frame: Any, api_key: int, version: int) -> Outcome | None | object:
+        """The policy's verdict on one request; None when it passes exactly as it came, _UNKNOWN_TOPIC_IDS
+        when it names topic ids this worker has not seen yet and may still look up."""
+        assert self.views is not None
+        body = codec.decode_request(api_key, version, frame, codec.parse_request_header(frame)[4])
+        topics = _RecordingTopicIds(self.ctx.cluster)
+        outcome = authorize(api_key, version, body, self._decide, topics)
+        if topics.missed and self.ctx.may_refresh_topics():
+            return _UNKNOWN_TOPIC_IDS
+        if outcome.denied:
+            self.ctx.denied_total += 1
+            log.info("%s: denied %s: %s", self.peer, self.principal.describe() if self.principal else "-",
+                     ", ".join(f"{op} {kind}:{name}" for kind, name, op in outcome.denied[:5]))
+        if outcome.close is None and outcome.answer is None and outcome.forward is None and \
+                outcome.fix_response is None:
+            return None
+        return outcome
+
+    def _decide(self, resource_type: str, name: str, operation: str) -> bool:
+        assert self.views is not None
+        return self.views.view().decide(resource_type, name, operation).allowed
+
+    def _reencode(self, frame: Any, api_key: int, version: int, correlation_id: int, body: dict[str, Any]) -> bytes:
+        client_id = codec.parse_request_header(frame)[3]
+        return codec.encode_request_frame(api_key, version, correlation_id, client_id, body)
+
+    def _set_principal(self, principal: Principal) -> None:
+        if self.views is None or (self.views.subject, self.views.groups) != (principal.subject, principal.groups):
+            self.views = ViewHolder(self.ctx.policy, principal.subject, principal.groups)
+        self.principal = principal
+
     def _local_answer(self, frame: Any, api_key: int, version: int, correlation_id: int) -> bytes:
         """The gateway's own answer to an API it serves or refuses; Refusal when it must close instead."""
         if api_key == API_VERSIONS:
@@ -291,9 +381,26 @@ class ClientConnection(asyncio.Protocol):
     def _answer(self, correlation_id: int, response: bytes) -> None:
         """Send a gateway-made response now, or after the responses the client is still waiting for."""
         if self.inflight:
-            self.inflight.append((correlation_id, -1, -1, response))
+            self.inflight.append((correlation_id, -1, -1, response, None))
         elif self.transport is not None:
             self.transport.write(response)
+
+    def _defer(self, frames: list, step: Awaitable[Any]) -> None:
+        """Hold these frames (and whatever arrives) until an asynchronous step is done, then handle them."""
+        self.deferred = list(frames)
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+        async def run() -> None:
+            await step
+            if self.state == CLOSED:
+                return
+            deferred, self.deferred = self.deferred or [], None
+            if self.transport is not None and not self.reading_paused_for_inflight:
+                self.transport.resume_reading()
+            self._handle(deferred)
+
+        self.ctx.loop.create_task(run())
 
     # -- sign-in -------------------------------------------------------------------------------------
     def _start_sign_in(self, frame: Any, version: int, correlation_id: int, rest: list) -> None:
@@ -324,7 +431,7 @@ class ClientConnection(asyncio.Protocol):
             self.close(f"authentication failed: {outcome.reason}", quiet=True)
             return
         first = self.principal is None
-        self.principal = outcome.principal
+        self._set_principal(outcome.principal)
         self._schedule_expiry(outcome.principal.expires_at)
         log.info("%s: %s %s, session %d s", self.peer, "signed in" if first else "re-authenticated",
                  outcome.principal.describe(), outcome.lifetime_ms // 1000)
@@ -359,14 +466,15 @@ class ClientConnection(asyncio.Protocol):
             if not inflight:
                 self.close(f"broker sent correlation id {correlation_id} that no request is waiting for")
                 return
-            expected, api_key, version, _ = inflight.popleft()
+            expected, api_key, version, _, fix = inflight.popleft()
             if correlation_id != expected:
                 self.close(f"broker answered correlation id {correlation_id}, expected {expected}")
                 return
             rewrite = RESPONSE_REWRITES.get(api_key)
-            if rewrite is not None and version >= rewrite[0]:
+            if fix is not None or (rewrite is not None and version >= rewrite[0]):
                 try:
-                    frame = self._rewrite(frame, api_key, version, rewrite[1])
+                    frame = self._rewrite(frame, api_key, version,
+                                          rewrite[1] if rewrite is not None and version >= rewrite[0] else None, fix)
                 except (codec.DecodeError, WalkError, UnmappableNode) as exc:
                     self.close(f"cannot rewrite api_key={api_key} v{version} response: {exc}")
                     return
@@ -382,14 +490,20 @@ class ClientConnection(asyncio.Protocol):
         if self.state == DRAINING and not inflight:
             self.close("drained")
 
-    def _rewrite(self, frame: Any, api_key: int, version: int, rewrite: ResponseRewrite) -> Any:
-        if api_key == PRODUCE or api_key == FETCH:
+    def _rewrite(self, frame: Any, api_key: int, version: int, rewrite: ResponseRewrite | None,
+                 fix: FixResponse | None) -> Any:
+        """Broker addresses out, refused parts back in; the frame is decoded only when something changes."""
+        if fix is None and (api_key == PRODUCE or api_key == FETCH):
             # Leader hints (KIP-951) are rare: walk the frame, decode it only when they are there.
             plan = plan_for("response", api_key, version)
             if plan.walk(frame)[plan.tag_base + _NODE_ENDPOINTS_TAG] < 0:
                 return frame
         correlation_id, body = codec.decode_response_frame(api_key, version, frame)
-        if not rewrite(body, version, self.ctx):
+        changed = rewrite(body, version, self.ctx) if rewrite is not None else False
+        if fix is not None:
+            body = fix(body)
+            changed = True
+        if not changed:
             return frame
         return codec.encode_response_frame(api_key, version, correlation_id, body)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import mmap
 
 FIELDS = ("pid", "serving", "connections_open", "connections_total", "requests_total", "refused_total",
-          "upstream_connects_total", "auth_failures_total", "heartbeat_ms")
+          "denied_total", "upstream_connects_total", "auth_failures_total", "heartbeat_ms")
 _SLOT = len(FIELDS)
 
 

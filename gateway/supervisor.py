@@ -29,6 +29,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import orjson
 
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.policy.model import PolicyError
+from gateway.policy.snapshot import PolicyStore
+from gateway.policy.watch import PolicyWatcher
 from gateway.stats import FIELDS, WorkerStats
 
 log = logging.getLogger("streamward.supervisor")
@@ -43,6 +46,10 @@ class Supervisor:
         self.config = config
         self.slots = config.worker_count
         self.stats = WorkerStats(self.slots)
+        # Created before any fork: workers inherit the mapping and read snapshots without a syscall.
+        self.policy_store = PolicyStore(config.policy.max_bytes)
+        self.policy = PolicyWatcher(config.policy, self.policy_store)
+        self.next_policy_poll = 0.0
         self.workers: dict[int, int] = {}  # pid -> slot
         self.respawn_at: dict[int, float] = {}  # slot -> monotonic time of its next start
         self.deaths: dict[int, deque[float]] = {slot: deque(maxlen=16) for slot in range(self.slots)}
@@ -57,6 +64,11 @@ class Supervisor:
             os.set_blocking(flag_fd, False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, self._enqueue)
+        try:
+            self.policy.load()
+        except PolicyError as exc:
+            log.error("cannot start: %s", exc)
+            return 2
         log.info("supervisor %d starting %d workers (config %s)", os.getpid(), self.slots, self.config.path)
         for slot in range(self.slots):
             self._spawn(slot)
@@ -80,6 +92,9 @@ class Supervisor:
                     return 0
                 continue
             now = time.monotonic()
+            if now >= self.next_policy_poll:
+                self.next_policy_poll = now + self.config.policy.watch_interval_s
+                self.policy.poll()
             for slot, when in list(self.respawn_at.items()):
                 if now >= when:
                     del self.respawn_at[slot]
@@ -117,6 +132,10 @@ class Supervisor:
         self.config = config
         logging.getLogger().setLevel(config.log_level)
         log.info("config %s validated; reloading workers", config.path)
+        if config.policy.max_bytes != self.policy_store.max_bytes:
+            log.warning("policy.max_bytes changes only at restart")
+        self.policy.settings = config.policy
+        self.policy.reload()
         self._signal_workers(signal.SIGHUP)
 
     def _signal_workers(self, signum: int) -> None:
@@ -153,7 +172,7 @@ class Supervisor:
         os.close(self.wake_w)
         if self.admin is not None:
             self.admin.socket.close()
-        Worker(self.config, slot, self.stats).run()
+        Worker(self.config, slot, self.stats, self.policy_store).run()
 
     def _reap(self) -> None:
         while self.workers:
@@ -193,7 +212,7 @@ class Supervisor:
         workers = [self.stats.read(slot) | {"slot": slot} for slot in range(self.slots)]
         serving = [w for w in workers if w["pid"] and w["serving"]]
         return {"status": "ok" if len(serving) == self.slots and not self.stopping else "degraded",
-                "workers": workers}
+                "policy_generation": self.policy_store.generation(), "workers": workers}
 
     def metrics_text(self) -> str:
         lines = []

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvloop
@@ -27,6 +28,7 @@ from gateway.cluster import ClusterView, UnmappableNode
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.connection import ClientConnection
 from gateway.handlers import apiversions
+from gateway.policy.snapshot import PolicyCache, PolicyStore
 from gateway.protocol.apis import API_VERSIONS, METADATA
 from gateway.stats import WorkerStats
 from gateway.upstream import Upstream, UpstreamError
@@ -36,15 +38,22 @@ log = logging.getLogger("streamward.worker")
 DISCOVERY_INTERVAL_S = 10.0
 IDLE_SWEEP_INTERVAL_S = 5.0
 STATS_INTERVAL_S = 1.0
+TOPIC_REFRESH_INTERVAL_S = 1.0
+
+
+async def _never_discovered() -> bool:
+    return False
 
 
 class WorkerContext:
     """What every connection of this worker shares: settings, broker view, negotiated versions, counters."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, config: GatewayConfig, cluster: ClusterView) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, config: GatewayConfig, cluster: ClusterView,
+                 policy: PolicyCache) -> None:
         self.loop = loop
         self.config = config
         self.cluster = cluster
+        self.policy = policy  # the supervisor's published snapshot, checked once per request
         self.versions: apiversions.VersionTable = {}  # forwarded (api_key -> version range)
         self.advertised: apiversions.VersionTable = {}  # what ApiVersions tells clients
         self.broker_api_versions: dict[str, Any] = {}  # the broker's own ApiVersions answer (features included)
@@ -54,8 +63,23 @@ class WorkerContext:
         self.connections_total = 0
         self.requests_total = 0
         self.refused_total = 0
+        self.denied_total = 0
         self.upstream_connects_total = 0
         self.auth_failures_total = 0
+        self.discover: Callable[[], Awaitable[bool]] = _never_discovered  # set by the Worker
+        self.topics_refreshed_at = -TOPIC_REFRESH_INTERVAL_S
+        self._topic_refresh: asyncio.Task[bool] | None = None
+
+    def may_refresh_topics(self) -> bool:
+        """At most one on-demand topic lookup per second: ids still unknown after it are UNKNOWN_TOPIC_ID."""
+        return self.loop.time() - self.topics_refreshed_at >= TOPIC_REFRESH_INTERVAL_S
+
+    async def refresh_topics(self) -> None:
+        """Single-flight: every connection waiting for topic ids shares one Metadata request."""
+        if self._topic_refresh is None or self._topic_refresh.done():
+            self.topics_refreshed_at = self.loop.time()
+            self._topic_refresh = self.loop.create_task(self.discover())
+        await asyncio.shield(self._topic_refresh)
 
     def connection_opened(self, connection: ClientConnection) -> None:
         self.connections.add(connection)
@@ -66,8 +90,9 @@ class WorkerContext:
 
 
 class Worker:
-    def __init__(self, config: GatewayConfig, slot: int, stats: WorkerStats) -> None:
+    def __init__(self, config: GatewayConfig, slot: int, stats: WorkerStats, policy_store: PolicyStore) -> None:
         self.config = config
+        self.policy_store = policy_store
         self.slot = slot
         self.stats = stats
         self.ctx: WorkerContext | None = None
@@ -82,7 +107,9 @@ class Worker:
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
-        self.ctx = WorkerContext(loop, self.config, ClusterView(self.config.listen, self._bind_node))
+        self.ctx = WorkerContext(loop, self.config, ClusterView(self.config.listen, self._bind_node),
+                                 PolicyCache(self.policy_store))
+        self.ctx.discover = self._discover
         loop.add_signal_handler(signal.SIGTERM, self._on_term)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -140,9 +167,13 @@ class Worker:
                 self.ctx.broker_api_versions = versions
                 self.ctx.advertised = apiversions.advertised_versions(forwarded, sasl=self.ctx.validator is not None)
                 self.ctx.versions = forwarded
-                metadata = await upstream.request(METADATA, 12, {"topics": [], "allow_auto_topic_creation": False})
+                # All topics: the gateway's own topic id -> name map, for requests that name topics by id.
+                metadata = await upstream.request(METADATA, 12, {"topics": None, "allow_auto_topic_creation": False})
                 for broker in metadata["brokers"]:
                     self.ctx.cluster.learn(broker["node_id"], broker["host"], broker["port"])
+                for topic in metadata["topics"]:
+                    if topic["error_code"] == 0 and topic["name"]:
+                        self.ctx.cluster.learn_topic(topic["name"], topic["topic_id"])
                 return True
             except (UpstreamError, UnmappableNode, KeyError) as exc:
                 log.warning("discovery via %s:%d failed: %s", address[0], address[1], exc)
@@ -259,5 +290,6 @@ class Worker:
         self.stats.write(self.slot, pid=os.getpid(), serving=int(None in self.servers),
                          connections_open=len(ctx.connections),
                          connections_total=ctx.connections_total, requests_total=ctx.requests_total,
-                         refused_total=ctx.refused_total, upstream_connects_total=ctx.upstream_connects_total,
+                         refused_total=ctx.refused_total, denied_total=ctx.denied_total,
+                         upstream_connects_total=ctx.upstream_connects_total,
                          auth_failures_total=ctx.auth_failures_total, heartbeat_ms=int(time.time() * 1000))

@@ -46,7 +46,7 @@ def connect(gateway, idp):
     def open_signed_in(address: str | None = None, subject: str = "etl-job") -> WireClient:
         wire = WireClient(address or gateway.bootstrap)
         clients.append(wire)
-        answer = wire.sign_in(idp.mint(subject, groups=["etl"]))
+        answer = wire.sign_in(idp.mint(subject, groups=CLIENTS.get(subject, {}).get("groups", [])))
         assert answer["error_code"] == 0, answer
         return wire
 

@@ -52,6 +52,20 @@ class WireClient:
             message = f"n,{'a=' + authzid if authzid else ''},\x01auth=Bearer {token}\x01\x01".encode()
         return self.request(SASL_AUTHENTICATE, 2, {"auth_bytes": message})
 
+    def sign_in_scram(self, username: str, password: str) -> None:
+        """SCRAM-SHA-512 straight to a broker, for comparing the gateway with Kafka's own authorizer."""
+        from gateway.config import SaslSettings, Secret
+        from gateway.protocol.apis import SASL_AUTHENTICATE, SASL_HANDSHAKE
+        from gateway.scram import ScramClient
+
+        assert self.request(SASL_HANDSHAKE, 1, {"mechanism": "SCRAM-SHA-512"})["error_code"] == 0
+        scram = ScramClient(SaslSettings("SCRAM-SHA-512", username, Secret(password, "test")))
+        first = self.request(SASL_AUTHENTICATE, 2, {"auth_bytes": scram.first()})
+        assert first["error_code"] == 0, first
+        final = self.request(SASL_AUTHENTICATE, 2, {"auth_bytes": scram.final(bytes(first["auth_bytes"]))})
+        assert final["error_code"] == 0, final
+        scram.verify(bytes(final["auth_bytes"]))
+
     def closed_by_peer(self, timeout: float = 5.0) -> bool:
         """True when the gateway closes the connection (EOF or reset) within the timeout."""
         self.sock.settimeout(timeout)

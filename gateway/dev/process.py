@@ -17,9 +17,19 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
+# Tests and benchmarks that are not about policy run with everything allowed to every signed-in identity.
+ALLOW_ALL = """\
+rules:
+  - name: allow-all-for-tests
+    subjects: ["user:*"]
+    resources: [{topic: {glob: "*"}}, {group: {glob: "*"}}, {transactional_id: {glob: "*"}}, {cluster: true}]
+    operations: [all]
+"""
+
+
 class GatewayProcess:
     def __init__(self, workdir: Path, cluster, *, workers: int = 2, port_base: int = 31092, admin_port: int = 31100,
-                 password: str | None = None, overrides: dict | None = None) -> None:
+                 password: str | None = None, overrides: dict | None = None, policy: str = ALLOW_ALL) -> None:
         self.workdir = workdir
         self.cluster = cluster
         self.workers = workers
@@ -28,6 +38,8 @@ class GatewayProcess:
         self.password = cluster.passwords["gateway"] if password is None else password
         self.overrides = overrides or {}
         self.config_path = workdir / "gateway.yaml"
+        self.policy_dir = workdir / "policies"
+        self.policy = policy
         self.log_path = workdir / "gateway.log"
         self.proc: subprocess.Popen | None = None
 
@@ -47,6 +59,7 @@ class GatewayProcess:
                          "sasl": {"mechanism": "SCRAM-SHA-512", "username": "gateway",
                                   "password": {"env": "STREAMWARD_UPSTREAM_PASSWORD"}}},
             "admin": {"host": "127.0.0.1", "port": self.admin_port},
+            "policy": {"path": str(self.policy_dir), "watch_interval_s": 0.2},
             "workers": self.workers,
             "drain_timeout_s": 10,
             "log_level": "INFO",
@@ -59,8 +72,14 @@ class GatewayProcess:
         return config
 
     def write_config(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.policy_dir.mkdir(parents=True, exist_ok=True)
+        self.write_policy(self.policy)
         self.config_path.write_text(yaml.safe_dump(self.config()))
+
+    def write_policy(self, text: str) -> None:
+        """Replace the policy; a running gateway picks it up within its watch interval."""
+        self.policy = text
+        (self.policy_dir / "policy.yaml").write_text(text)
 
     def start(self, timeout: float = 60) -> GatewayProcess:
         self.write_config()

@@ -27,6 +27,9 @@ def _rewrite_entry(entry: dict[str, Any], view: ClusterView, id_key: str = "node
 def rewrite_metadata(body: dict[str, Any], version: int, view: ClusterView) -> bool:
     for broker in body["brokers"]:
         _rewrite_entry(broker, view)
+    for topic in body["topics"]:
+        if topic["error_code"] == 0 and "topic_id" in topic and topic["name"]:
+            view.learn_topic(topic["name"], topic["topic_id"])
     return True
 
 
