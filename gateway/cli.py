@@ -93,7 +93,7 @@ def _whoami(config_path: str, token: str) -> int:
     from gateway.config import ConfigError, load_config
 
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, resolve_secrets=False)  # whoami never connects to Kafka
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

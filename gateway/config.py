@@ -201,8 +201,9 @@ def _host_port(text: str, where: _Node) -> tuple[str, int]:
     return host, int(port)
 
 
-def _secret(where: _Node, key: str) -> Secret:
-    """A secret given inline, as {env: NAME} or as {file: PATH}; the value never reaches an error message."""
+def _secret(where: _Node, key: str, resolve: bool = True) -> Secret:
+    """A secret given inline, as {env: NAME} or as {file: PATH}; the value never reaches an error message.
+    With resolve=False the reference is checked but not read (tools that never connect upstream)."""
     child = where.child(key)
     if child is None:
         raise where.error(f"missing required key {key!r}")
@@ -213,6 +214,8 @@ def _secret(where: _Node, key: str) -> Secret:
     file_name = child.value("file", str)
     if (env_name is None) == (file_name is None):
         raise child.error("give exactly one of 'env' or 'file'")
+    if not resolve:
+        return Secret("", f"env:{env_name}" if env_name is not None else f"file:{file_name}")
     if env_name is not None:
         value = os.environ.get(env_name)
         if not value:
@@ -255,7 +258,7 @@ def _listen(node: _Node | None) -> ListenSettings:
     return settings
 
 
-def _upstream(node: _Node | None, top: _Node) -> UpstreamSettings:
+def _upstream(node: _Node | None, top: _Node, resolve_secrets: bool) -> UpstreamSettings:
     if node is None:
         raise top.error("missing required key 'upstream'")
     node.keys_allowed({"bootstrap_servers", "sasl", "tls", "connect_timeout_s"})
@@ -275,7 +278,8 @@ def _upstream(node: _Node | None, top: _Node) -> UpstreamSettings:
         mechanism = sasl_node.value("mechanism", str, "SCRAM-SHA-512").upper()
         if mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
             raise sasl_node.error(f"mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, got {mechanism!r}")
-        sasl = SaslSettings(mechanism, sasl_node.value("username", str, required=True), _secret(sasl_node, "password"))
+        sasl = SaslSettings(mechanism, sasl_node.value("username", str, required=True),
+                            _secret(sasl_node, "password", resolve_secrets))
 
     tls = None
     tls_node = node.child("tls")
@@ -380,7 +384,7 @@ def _policy(node: _Node | None) -> PolicySettings:
     return PolicySettings(path, interval, max_bytes)
 
 
-def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -> GatewayConfig:
     """Read and validate a gateway config file; raise ConfigError naming file, line and key."""
     file = str(path)
     try:
@@ -416,7 +420,7 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     return GatewayConfig(
         path=Path(file),
         listen=listen,
-        upstream=_upstream(top.child("upstream"), top),
+        upstream=_upstream(top.child("upstream"), top, resolve_secrets),
         limits=_limits(top.child("limits")),
         admin=admin,
         auth=_auth(top.child("auth")),

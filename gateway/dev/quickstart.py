@@ -44,16 +44,28 @@ Sign in with the dev IdP (client {client_id!r}); every client uses its standard 
       to {token_endpoint} with HTTP Basic auth and returns "access_token".
 
   Check a token as the gateway would:  streamward whoami --token "$TOKEN"
+
+The example policy (policies/example.yaml) lets {client_id} create, write and read topics under
+"sandbox." with consumer groups under "sandbox-"; everything else is denied. Try:
+      kcat ... -P -t sandbox.demo   and   kcat ... -C -t sandbox.demo -G sandbox-readers sandbox.demo
+Explain a decision:  streamward policy explain --principal {client_id} --groups etl --topic orders --op write
 """
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # TERM stops everything the same way Ctrl-C does, Kafka included
+
+
 def run_quickstart(config_path: str) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     workdir = Path(os.environ.get("STREAMWARD_DEV_DIR", "var/dev")).resolve()
     print("resolving Apache Kafka jars (the first run downloads them)...", flush=True)
     ensure_jars()
     cluster = KafkaCluster(workdir / "kafka", nodes=1, port_base=19092)
     print(f"starting a local Kafka in {workdir / 'kafka'} ...", flush=True)
     cluster.start()
+    # The broker never creates topics implicitly; the example policy's sandbox gets one to start with.
+    cluster.create_topic("sandbox.demo", partitions=3)
     idp = DevIdp(IDP_CONFIG, port=IDP_PORT, data_dir=workdir / "idp").start()
     env = dict(os.environ, STREAMWARD_UPSTREAM_PASSWORD=cluster.passwords["gateway"])
     gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", config_path], env=env)
