@@ -20,6 +20,7 @@ from kafka.record.default_records import DefaultRecordBatchBuilder
 from gateway.protocol.apis import (
     CREATE_TOPICS,
     DELETE_RECORDS,
+    DELETE_TOPICS,
     DESCRIBE_CONFIGS,
     FETCH,
     FIND_COORDINATOR,
@@ -242,8 +243,9 @@ def test_same_answers_as_kafkas_authorizer(kafka_cluster, gateway, idp, world, g
         "group_id": prefix + "g1", "generation_id_or_member_epoch": -1, "member_id": "",
         "topics": [{"name": a, "partitions": [{"partition_index": 0, "committed_offset": 0}]}]},
         lambda r: [(t["name"], p["error_code"]) for t in r["topics"] for p in t["partitions"]]))
-    same("offset fetch all topics", *sides.both(group_node, OFFSET_FETCH, 8, {
-        "groups": [{"group_id": prefix + "g1", "topics": None}], "require_stable": False},
+    same("offset fetch all topics, several groups", *sides.both(group_node, OFFSET_FETCH, 8, {
+        "groups": [{"group_id": prefix + "g1", "topics": None}, {"group_id": prefix + "g2", "topics": None}],
+        "require_stable": False},
         lambda r: [(g["group_id"], g["error_code"], sorted(t["name"] for t in g["topics"])) for g in r["groups"]]))
     same("init transactional producer", *sides.both(any_node, INIT_PRODUCER_ID, 5, {
         "transactional_id": prefix + "tx", "transaction_timeout_ms": 60000, "producer_id": -1,
@@ -268,4 +270,13 @@ def test_same_answers_as_kafkas_authorizer(kafka_cluster, gateway, idp, world, g
                                                           for side in ("direct", "gateway")]})
     exists = {t["name"].split("-new-")[1].split("-")[0]: t["error_code"] == 0 for t in existing["topics"]}
     same("topic created on the cluster", exists["direct"], exists["gateway"])
-    assert len(compared) >= 19
+
+    # Delete topics: each side deletes the topic it created (or tried to); outcome and side effect agree.
+    deleted = {}
+    for side, connect in (("direct", sides.direct), ("gateway", sides.through_gateway)):
+        with connect(any_node) as wire:
+            answer = wire.request(DELETE_TOPICS, 6, {"topics": [{"name": f"{prefix}new-{side}-{user}"}],
+                                                     "timeout_ms": 30000})
+        deleted[side] = answer["responses"][0]["error_code"]
+    same("delete topics", deleted["direct"], deleted["gateway"])
+    assert len(compared) >= 20

@@ -197,3 +197,19 @@ def test_policy_reloads_apply_to_open_connections_without_dropping_any(gateway, 
         for thread in loaders:
             thread.join()
     assert not errors, f"connections dropped during reloads: {errors[:3]}"
+
+
+def test_an_invalid_policy_is_rejected_and_the_old_one_stays(gateway, connect, set_policy, make_topic):
+    topic = make_topic("keep", partitions=1)
+    set_policy(ALLOW_ALL)
+    generation = gateway.health()["policy_generation"]
+    gateway.write_policy("rules:\n  - name: broken\n    subjects: []\n")
+    deadline = time.monotonic() + 10
+    while "policy rejected" not in gateway.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "policy rejected" in gateway.log_text()
+    assert "policy.yaml:3" in gateway.log_text(), "the error should name the file and line"
+    assert gateway.health()["policy_generation"] == generation
+    with connect() as wire:
+        answer = wire.request(METADATA, 12, {"topics": [{"name": topic}], "allow_auto_topic_creation": False})
+    assert answer["topics"][0]["error_code"] == 0, "the last good policy should still apply"
