@@ -314,9 +314,10 @@ def test_refusals_take_about_the_same_time_whatever_the_reason():
     print("\nmedian time to refuse: " + ", ".join(f"{name} {value * 1e6:.0f} µs" for name, value in medians.items()))
     # A header that is not JSON stops pyjwt's decoding early; its sender knows it is garbage, so that
     # difference tells nothing. Among the rest, without the verification spent on early refusals,
-    # "unknown kid" would take a tenth of "bad signature".
-    assert medians.pop("malformed header") < medians["bad signature"]
-    assert max(medians.values()) < 1.35 * min(medians.values())
+    # "unknown kid" would take a tenth of "bad signature": the bound is loose enough that scheduler
+    # noise on a shared two-core machine cannot fail it, and tight enough to catch that leak.
+    medians.pop("malformed header")
+    assert max(medians.values()) < 2.0 * min(medians.values())
 
 
 def test_tokens_never_reach_logs_or_reasons(caplog):
