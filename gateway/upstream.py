@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import struct
 from typing import Any, Protocol
 
-from _fastpath import FrameError, FrameReader
 from gateway.config import Limits, UpstreamSettings
 from gateway.protocol import codec
 from gateway.protocol.apis import SASL_AUTHENTICATE, SASL_HANDSHAKE
@@ -52,11 +52,25 @@ def tls_context(settings: UpstreamSettings) -> ssl.SSLContext | None:
     return context
 
 
-class Upstream(asyncio.Protocol):
+_SIZE = struct.Struct(">ii")  # frame size, then the response's correlation id
+SCRATCH_BYTES = 32 * 1024  # per upstream connection: small, as idle connections can be many
+
+
+class Upstream(asyncio.BufferedProtocol):
+    """Responses are received straight into memory the gateway owns (BufferedProtocol): small frames
+    through a scratch buffer, and a large frame (a Fetch response of megabytes) into a buffer of its own
+    size, so its bytes are never copied in user space between the broker's socket and the client's."""
+
     def __init__(self, limits: Limits, address: tuple[str, int]) -> None:
         self.address = address
         self.transport: asyncio.Transport | None = None
-        self._reader = FrameReader(limits.max_response_bytes, False)
+        self._max_frame = limits.max_response_bytes
+        self._scratch = bytearray(SCRATCH_BYTES)
+        self._scratch_view = memoryview(self._scratch)
+        self._scratch_len = 0  # bytes of the scratch buffer not yet cut into frames
+        self._large: bytearray | None = None  # the large frame being received, size prefix included
+        self._large_view: memoryview | None = None
+        self._large_have = 0
         self._sink: UpstreamSink | None = None
         self._waiter: asyncio.Future[Any] | None = None
         self._next_correlation_id = 0
@@ -154,14 +168,61 @@ class Upstream(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio subclasses
         transport.set_write_buffer_limits(high=self._write_buffer_high)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._large_view is not None:
+            return self._large_view[self._large_have:]
+        return self._scratch_view[self._scratch_len:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._large is not None:
+            self._large_have += nbytes
+            if self._large_have < len(self._large):
+                return
+            frame = self._large
+            assert self._large_view is not None
+            self._large_view.release()  # the frame is handed on and never written again
+            self._large, self._large_view = None, None
+            self._deliver([(frame, _SIZE.unpack_from(frame)[1])])
+            return
+        self._scratch_len += nbytes
         try:
-            frames = self._reader.feed(data)
-        except FrameError as exc:
+            frames = self._cut_frames()
+        except ValueError as exc:
             self._fail(f"broker sent an unframeable response: {exc}")
             return
-        if not frames:
-            return
+        if frames:
+            self._deliver(frames)
+
+    def _cut_frames(self) -> list[tuple[Any, int]]:
+        """Whole frames out of the scratch buffer; a large incomplete one moves to a buffer of its own."""
+        frames = []
+        view, end, pos = self._scratch_view, self._scratch_len, 0
+        while end - pos >= 8:
+            size, correlation_id = _SIZE.unpack_from(view, pos)
+            if size < 4 or size > self._max_frame:
+                raise ValueError(f"frame size {size} outside 4..{self._max_frame}")
+            total = size + 4
+            if end - pos >= total:
+                frames.append((bytes(view[pos:pos + total]), correlation_id))
+                pos += total
+                continue
+            if total > SCRATCH_BYTES // 2:
+                # The rest goes straight into its final place (the broker is trusted with the size: it is
+                # capped by max_response_bytes, and the gateway asked for this response).
+                self._large = bytearray(total)
+                self._large_view = memoryview(self._large)
+                self._large[:end - pos] = view[pos:end]
+                self._large_have = end - pos
+                pos = end
+            break
+        if pos:
+            remaining = end - pos
+            # bytes() first: an in-place slice copy of overlapping ranges would be a memcpy, not a memmove.
+            self._scratch[:remaining] = bytes(view[pos:end])
+            self._scratch_len = remaining
+        return frames
+
+    def _deliver(self, frames: list[tuple[Any, int]]) -> None:
         if self._sink is not None:
             self._sink.upstream_frames(frames)
         elif self._waiter is not None and not self._waiter.done() and len(frames) == 1:
