@@ -36,6 +36,39 @@ def rule(body: str, name: str = "r") -> str:
 
 
 TOPIC_READ = 'subjects: ["user:a"]\nresources:\n  - topic: t\noperations: [read]'
+MASKING = """\
+masking:
+  cards: {detector: card, strategy: partial, keep_last: 4, targets: [value, key, headers]}
+  emails: {detector: email, strategy: hash}
+"""
+
+
+def test_masking_rules_load_and_compile_for_the_kernel(tmp_path):
+    policy = load_policies(write(tmp_path, "a.yaml", rule(TOPIC_READ + "\nmasking: [cards]") + MASKING))
+    cards = policy.masking_rule("cards")
+    assert cards is not None and cards.source == f"{tmp_path}/a.yaml:9"
+    assert [r["target"] for r in cards.kernel_rules()] == ["value", "key", "header"]
+    assert cards.kernel_rules()[0] == {"name": "cards", "target": "value", "kind": "detector", "detector": "card",
+                                       "strategy": "partial", "keep_last": 4, "placeholder": "****"}
+
+
+@pytest.mark.parametrize("masking,error", [
+    ("  m: {detector: card, path: a.b}", "a.yaml:9: masking.m: give exactly one of detector, path or pattern"),
+    ("  m: {detector: cvv}", "a.yaml:9: masking.m.detector: detector must be one of"),
+    ("  m: {pattern: '(unclosed'}", "a.yaml:9: masking.m.pattern: not a valid regular expression"),
+    ("  m: {path: a, strategy: shred}", "a.yaml:9: masking.m.strategy: strategy must be one of"),
+    ("  m: {path: a, targets: [body]}", "a.yaml:9: masking.m.targets: targets are value, key, headers"),
+    ("  m: {path: a, header: x}", "a.yaml:9: masking.m.header: header needs 'headers' in targets"),
+])
+def test_masking_rule_errors_name_file_line_and_key(tmp_path, masking, error):
+    with pytest.raises(PolicyError) as exc:
+        load_policies(write(tmp_path, "a.yaml", rule(TOPIC_READ + "\nmasking: [m]") + "masking:\n" + masking + "\n"))
+    assert error in str(exc.value)
+
+
+def test_an_undefined_masking_rule_is_refused(tmp_path):
+    with pytest.raises(PolicyError, match="masking rule 'nope' is not defined"):
+        load_policies(write(tmp_path, "a.yaml", rule(TOPIC_READ + "\nmasking: [nope]")))
 
 
 def test_a_rule_loads_with_every_resource_kind(tmp_path):
@@ -56,7 +89,7 @@ def test_a_rule_loads_with_every_resource_kind(tmp_path):
 
 def test_optional_keys_are_kept_in_the_model(tmp_path):
     text = rule(TOPIC_READ + "\npartitions: [1, 0, 1]\napproval: required\napprovers: ['group:approvers']"
-                "\nmax_duration: 1h30m\nmasking: [cards, emails]")
+                "\nmax_duration: 1h30m\nmasking: [cards, emails]") + MASKING
     (loaded,) = load_policies(write(tmp_path, "a.yaml", text)).rules
     assert loaded.partitions == (0, 1)
     assert loaded.approval and loaded.approvers == ("group:approvers",) and loaded.max_duration_s == 5400
@@ -186,6 +219,6 @@ def test_check_prints_the_error_and_exits_2(tmp_path, capsys):
 
 def test_the_model_round_trips_through_its_plain_form(tmp_path):
     text = RULE + rule(TOPIC_READ + "\npartitions: [3]\napproval: required\nmax_duration: 1d\nmasking: [m]",
-                       name="gated").removeprefix("rules:\n")
+                       name="gated").removeprefix("rules:\n") + "masking:\n  m: {path: a.b, strategy: hash}\n"
     policy = load_policies(write(tmp_path, "a.yaml", text))
     assert PolicySet.from_dict(policy.to_dict()) == policy

@@ -22,10 +22,15 @@ from gateway.policy.model import (
     CLUSTER_NAME,
     EXACT,
     GLOB,
+    MASKING_DETECTORS,
+    MASKING_KINDS,
+    MASKING_STRATEGIES,
+    MASKING_TARGETS,
     OPERATIONS,
     PREFIX,
     RESOURCE_TYPES,
     SUPPORTED_OPERATIONS,
+    MaskingRule,
     PolicyError,
     PolicySet,
     ResourcePattern,
@@ -59,18 +64,30 @@ def load_policies(path: str | os.PathLike[str]) -> PolicySet:
         raise PolicyError(f"{path}: no such file or directory")
 
     rules: list[Rule] = []
+    masking: dict[str, MaskingRule] = {}
+    references: list[tuple[str, _Node]] = []
     defined_at: dict[str, str] = {}
     try:
         for file in files:
-            for rule, name_node in _file_rules(file):
+            file_rules, file_masking = _file_rules(file)
+            for rule, name_node in file_rules:
                 if rule.name in defined_at:
                     raise name_node.error(f"duplicate rule name {rule.name!r} (also at {defined_at[rule.name]})")
                 defined_at[rule.name] = rule.source
                 rules.append(rule)
+                references += [(name, name_node) for name in rule.masking]
+            for masking_rule, node in file_masking:
+                if masking_rule.name in masking:
+                    raise node.error(f"duplicate masking rule {masking_rule.name!r} "
+                                     f"(also at {masking[masking_rule.name].source})")
+                masking[masking_rule.name] = masking_rule
+        for name, node in references:
+            if name not in masking:
+                raise node.error(f"masking rule {name!r} is not defined in any 'masking:' section")
     except ConfigError as exc:
         # _Node reports in the config loader's type; callers of this module expect PolicyError only.
         raise PolicyError(str(exc)) from None
-    return PolicySet(rules=tuple(rules), files=tuple(str(f) for f in files))
+    return PolicySet(rules=tuple(rules), files=tuple(str(f) for f in files), masking=tuple(masking.values()))
 
 
 def check_main(path: str | os.PathLike[str]) -> int:
@@ -84,7 +101,7 @@ def check_main(path: str | os.PathLike[str]) -> int:
     return 0
 
 
-def _file_rules(file: Path) -> list[tuple[Rule, _Node]]:
+def _file_rules(file: Path) -> tuple[list[tuple[Rule, _Node]], list[tuple[MaskingRule, _Node]]]:
     try:
         text = file.read_text()
     except OSError as exc:
@@ -100,9 +117,54 @@ def _file_rules(file: Path) -> list[tuple[Rule, _Node]]:
     if root is None:
         raise PolicyError(f"{file}: empty policy file (expected a mapping with 'rules')")
     top = _Node(str(file), root, "")
-    top.keys_allowed({"rules"})
-    rules_node = _required(top, "rules")
-    return [_rule(node) for node in _sequence(rules_node, allow_empty=True)]
+    top.keys_allowed({"rules", "masking"})
+    rules_node = top.child("rules")
+    masking_node = top.child("masking")
+    if rules_node is None and masking_node is None:
+        raise top.error("a policy file needs 'rules' or 'masking'")
+    rules = [_rule(node) for node in _sequence(rules_node, allow_empty=True)] if rules_node is not None else []
+    masking = []
+    if masking_node is not None:
+        if not isinstance(masking_node.node, yaml.MappingNode):
+            raise masking_node.error("expected a mapping of masking rule names to their definitions")
+        for key_node, value_node in masking_node.node.value:
+            child = _Node(masking_node.file, value_node, f"{masking_node.key}.{key_node.value}")
+            masking.append((_masking_rule(str(key_node.value), child), child))
+    return rules, masking
+
+
+def _masking_rule(name: str, node: _Node) -> MaskingRule:
+    """One `masking:` entry: exactly one of detector, path or pattern, and how to mask what it finds."""
+    if not _NAME.fullmatch(name):
+        raise node.error(f"masking rule name {name!r} must be letters, digits, '.', '_' or '-'")
+    node.keys_allowed({"detector", "path", "pattern", "strategy", "keep_last", "placeholder", "targets", "header"})
+    given = [key for key in MASKING_KINDS if node.child(key) is not None]
+    if len(given) != 1:
+        raise node.error("give exactly one of detector, path or pattern")
+    kind = MASKING_KINDS[given[0]]
+    spec = node.value(given[0], str, required=True)
+    if kind == "detector" and spec not in MASKING_DETECTORS:
+        raise node.child("detector").error(f"detector must be one of {', '.join(MASKING_DETECTORS)}")
+    if kind == "regex":
+        try:
+            re.compile(spec)
+        except re.error as exc:
+            raise node.child("pattern").error(f"not a valid regular expression: {exc}") from None
+    strategy = node.value("strategy", str, "redact")
+    if strategy not in MASKING_STRATEGIES:
+        raise node.child("strategy").error(f"strategy must be one of {', '.join(MASKING_STRATEGIES)}")
+    keep_last = node.value("keep_last", int, 4)
+    if keep_last < 0:
+        raise node.child("keep_last").error("keep_last must not be negative")
+    targets = tuple(node.value("targets", list, ["value"]))
+    if not targets or any(t not in MASKING_TARGETS for t in targets):
+        raise node.child("targets").error(f"targets are {', '.join(MASKING_TARGETS)}")
+    header = node.value("header", str)
+    if header is not None and "headers" not in targets:
+        raise node.child("header").error("header needs 'headers' in targets")
+    return MaskingRule(name=name, kind=kind, spec=spec, strategy=strategy, keep_last=keep_last,
+                       placeholder=node.value("placeholder", str, "****"), targets=targets, header=header,
+                       source=f"{node.file}:{node.node.start_mark.line + 1}")
 
 
 def _rule(node: _Node) -> tuple[Rule, _Node]:

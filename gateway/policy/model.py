@@ -111,16 +111,65 @@ class Rule:
         )
 
 
+MASKING_KINDS = {"detector": "detector", "path": "json_path", "pattern": "regex"}
+MASKING_DETECTORS = ("card", "email", "iban", "ssn", "phone")
+MASKING_STRATEGIES = ("redact", "partial", "hash", "null")
+MASKING_TARGETS = ("value", "key", "headers")
+
+
+@dataclass(frozen=True, slots=True)
+class MaskingRule:
+    """A named masking rule, referenced by allow rules' ``masking:`` lists."""
+
+    name: str
+    kind: str  # json_path, detector or regex (the masking kernel's words)
+    spec: str  # the path, the detector's name or the regular expression
+    strategy: str = "redact"
+    keep_last: int = 4  # partial
+    placeholder: str = "****"  # redact
+    targets: tuple[str, ...] = ("value",)
+    header: str | None = None  # only this header (headers target); None: every header
+    source: str = ""
+
+    def kernel_rules(self) -> list[dict[str, Any]]:
+        """The rule as the Cython masking kernel takes it: one entry per target."""
+        spec_key = {"json_path": "path", "detector": "detector", "regex": "pattern"}[self.kind]
+        rules = []
+        for target in self.targets:
+            rule: dict[str, Any] = {"name": self.name, "target": "header" if target == "headers" else target,
+                                    "kind": self.kind, spec_key: self.spec, "strategy": self.strategy,
+                                    "keep_last": self.keep_last, "placeholder": self.placeholder}
+            if target == "headers" and self.header is not None:
+                rule["header"] = self.header
+            rules.append(rule)
+        return rules
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "spec": self.spec, "strategy": self.strategy,
+                "keep_last": self.keep_last, "placeholder": self.placeholder, "targets": list(self.targets),
+                "header": self.header, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MaskingRule:
+        return cls(**{**data, "targets": tuple(data["targets"])})
+
+
 @dataclass(frozen=True, slots=True)
 class PolicySet:
     """Every rule from every file, in load order (files sorted by name, rules as written)."""
 
     rules: tuple[Rule, ...] = ()
     files: tuple[str, ...] = ()
+    masking: tuple[MaskingRule, ...] = ()
+
+    def masking_rule(self, name: str) -> MaskingRule | None:
+        return next((rule for rule in self.masking if rule.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"files": list(self.files), "rules": [rule.to_dict() for rule in self.rules]}
+        return {"files": list(self.files), "rules": [rule.to_dict() for rule in self.rules],
+                "masking": [rule.to_dict() for rule in self.masking]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PolicySet:
-        return cls(rules=tuple(Rule.from_dict(r) for r in data["rules"]), files=tuple(data["files"]))
+        return cls(rules=tuple(Rule.from_dict(r) for r in data["rules"]), files=tuple(data["files"]),
+                   masking=tuple(MaskingRule.from_dict(m) for m in data.get("masking", ())))
