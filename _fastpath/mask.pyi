@@ -1,0 +1,15 @@
+from typing import Literal
+
+Target = Literal["key", "value", "header"]
+
+class Masker:
+    """Masking rules compiled once; see _fastpath/mask.pyx for the rule format and what each rule does."""
+
+    names: tuple[str, ...]
+    has_key_rules: bool
+    has_value_rules: bool
+    has_header_rules: bool
+    def __init__(self, rules: list[dict[str, object]], hmac_key: bytes) -> None: ...
+    def apply(
+        self, data: bytes | bytearray | memoryview, *, target: Target = "value", header: str | None = None
+    ) -> tuple[bytes, dict[str, int]]: ...

@@ -1,0 +1,1375 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Mask sensitive data inside one record field (key, value or a header value) without decoding it.
+
+A ``Masker`` compiles rules once; ``mask_field`` runs them in order, each on the
+previous one's result, writing into scratch buffers of a per-call ``MaskCtx`` (so
+one Masker can serve any number of concurrent calls).
+
+Fields
+    A field whose first byte is 0 and that has at least 5 bytes is taken as
+    schema-registry framed (Confluent: magic 0, 4-byte schema id; Protobuf's
+    message-index varints follow, inside what is called the payload here). The
+    5-byte header is kept; rules see the payload. A field (or payload) whose
+    first non-blank byte is ``{`` or ``[`` is handled as JSON; anything else as
+    text, or as binary when framed.
+
+Rules
+    ``json_path``  A path of names, ``*`` (any member) and ``[*]`` (any element):
+                   ``card.number``, ``customer.*.email``, ``items[*].iban``. A scan
+                   in C follows the path, skipping everything else (duplicate
+                   keys are all masked), and replaces each target value. It hands
+                   the value to orjson (loads, mask, dumps) when it cannot decide:
+                   an escaped key on the path, a target string with escapes for
+                   ``partial``/``hash``, nesting deeper than MAX_JSON_DEPTH. A field
+                   that is not JSON, and any framed payload (not decodable here),
+                   is masked whole: fail closed.
+    ``detector``   Finds values by shape anywhere in the bytes, in C (see below).
+    ``regex``      Python ``re`` over the field's bytes: a bytes object per field
+                   and a regex search per match, so roughly 1 µs per field plus the
+                   regex's own time; use detectors on hot topics. Empty matches
+                   are ignored.
+    In JSON, a detector or regex match inside a string is replaced inside that
+    string; a match in a number replaces the number with a JSON string, so the
+    document stays valid JSON. A JSON field containing a ``\\u`` escape (which could
+    spell digits or ``@``), or a regex match crossing a string's end or touching
+    an escape, goes through the orjson route, where each decoded string is
+    scanned on its own. In a framed binary payload every replacement is cut or
+    padded with ``*`` to the matched length, so Avro's and Protobuf's length
+    prefixes stay right.
+
+Detectors (ASCII; a match never continues a word: the bytes around it are not letters or digits)
+    card   13-19 digits, first digit 2-6 (every card brand: this leaves out
+           millisecond timestamps and the like), Luhn-valid; either one run of
+           digits or groups of 3-6 digits with one space or dash between groups.
+           Digits right after ``<digit>.`` or right before ``.<digit>`` are parts
+           of a decimal number, not cards. Overlapping candidates are masked as
+           one span.
+    email  local part of ``A-Za-z0-9._%+-``, ``@``, two or more labels of
+           ``A-Za-z0-9-`` joined by dots, the last all letters and at least 2 long.
+    iban   two letters naming a country of the IBAN registry, exactly that
+           country's length, optional single spaces after every 4 characters,
+           and a valid mod-97 check.
+    ssn    ``AAA-GG-SSSS`` with dashes; area not 000, 666 or 9xx, group not 00,
+           serial not 0000; not inside a longer dash-joined number. Nine bare
+           digits are not taken: too many other numbers look like that.
+    phone  ``+`` then 8-15 digits (first not 0), separated by single spaces, dashes
+           or dots and at most one parenthesised group of 1-4 digits
+           (``+1 (415) 555-0199``, ``+44 20 7946 0958``, ``+4915112345678``); or the
+           North American separated forms ``415-555-0199``, ``415.555.0199``,
+           ``(415) 555-0199``, optionally after ``1-``/``1.``, with area code and
+           exchange starting 2-9. Bare digit runs without ``+`` are not phones.
+
+Strategies
+    redact   the placeholder (default ``****``; it may not contain ``"``, ``\\`` or
+             control characters, so it is safe inside a JSON string).
+    partial  the last ``keep_last`` characters (code points) kept, each other one
+             replaced by ``*``; a value of ``keep_last`` characters or fewer is
+             masked entirely. Objects and arrays get the placeholder.
+    hash     HMAC-SHA256 of the matched bytes with the Masker's key, first 16
+             bytes, base64url without padding (22 characters): the same input
+             always gives the same token. A JSON string is hashed by its content,
+             a number by its text, an object or array by its bytes.
+    null     JSON ``null`` for a JSON value (a detector match that is the whole
+             string makes it null; a part of a string is removed); an empty value
+             for a whole field; a null record value or key stays null.
+    A JSON target that is already ``null`` is left as it is and not counted.
+"""
+
+import hmac
+import re
+
+import orjson
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.pyport cimport PY_SSIZE_T_MAX
+from libc.string cimport memchr, memcmp, memset
+
+from _fastpath.mask cimport (TARGET_HEADER, TARGET_KEY, TARGET_VALUE, Buf, buf_fill, buf_free, buf_init, buf_put,
+                             buf_reserve)
+
+cdef extern from *:
+    """
+    /* Find bytes eight at a time (SWAR): a byte of v equal to c shows as a zero byte of v ^ (c * ONES), and the
+       lowest set high bit of (x - ONES) & ~x marks the first zero byte exactly (borrows only spoil higher ones). */
+    #define SW_ONES 0x0101010101010101ULL
+    #define SW_HIGHS 0x8080808080808080ULL
+    #define SW_ZERO(x) (((x) - SW_ONES) & ~(x))
+    #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    #define SW_WORDS 1
+    #else
+    #define SW_WORDS 0
+    #endif
+
+    /* Index of the first '"' or '\\' in s[k:n], or n. */
+    static inline Py_ssize_t sw_quote_or_backslash(const unsigned char *s, Py_ssize_t k, Py_ssize_t n) {
+    #if SW_WORDS
+        for (; k + 8 <= n; k += 8) {
+            uint64_t v, hit;
+            memcpy(&v, s + k, 8);
+            hit = (SW_ZERO(v ^ (SW_ONES * 0x22)) | SW_ZERO(v ^ (SW_ONES * 0x5C))) & SW_HIGHS;
+            if (hit) return k + (__builtin_ctzll(hit) >> 3);
+        }
+    #endif
+        while (k < n && s[k] != 0x22 && s[k] != 0x5C) k++;
+        return k;
+    }
+
+    /* Index of the first '"', '{', '}', '[' or ']' in s[k:n], or n. With bit 5 set, '[' and ']' read as '{' and '}'. */
+    static inline Py_ssize_t sw_structural(const unsigned char *s, Py_ssize_t k, Py_ssize_t n) {
+    #if SW_WORDS
+        for (; k + 8 <= n; k += 8) {
+            uint64_t v, w, hit;
+            memcpy(&v, s + k, 8);
+            w = v | (SW_ONES * 0x20);
+            hit = (SW_ZERO(v ^ (SW_ONES * 0x22)) | SW_ZERO(w ^ (SW_ONES * 0x7B)) | SW_ZERO(w ^ (SW_ONES * 0x7D)))
+                  & SW_HIGHS;
+            if (hit) return k + (__builtin_ctzll(hit) >> 3);
+        }
+    #endif
+        while (k < n && s[k] != 0x22 && (s[k] | 0x20) != 0x7B && (s[k] | 0x20) != 0x7D) k++;
+        return k;
+    }
+
+    /* Whether s[a:b] holds an odd number of '"'. The exact zero-byte test: the high bit of a byte of
+       ~(((x & 0x7F..) + 0x7F..) | x | 0x7F..) is set only when that byte of x is zero; their parity folds down. */
+    static inline int sw_odd_quotes(const unsigned char *s, Py_ssize_t a, Py_ssize_t b) {
+        unsigned int odd = 0;
+    #if SW_WORDS
+        const uint64_t low7 = SW_ONES * 0x7F;
+        uint64_t parity = 0;
+        for (; a + 8 <= b; a += 8) {
+            uint64_t v;
+            memcpy(&v, s + a, 8);
+            v ^= SW_ONES * 0x22;
+            parity ^= ~(((v & low7) + low7) | v | low7);
+        }
+        parity ^= parity >> 32;
+        parity ^= parity >> 16;
+        parity ^= parity >> 8;
+        odd = (parity >> 7) & 1;
+    #endif
+        for (; a < b; a++) odd ^= s[a] == 0x22;
+        return odd;
+    }
+    """
+    Py_ssize_t sw_quote_or_backslash(const unsigned char* s, Py_ssize_t k, Py_ssize_t n) noexcept nogil
+    bint sw_odd_quotes(const unsigned char* s, Py_ssize_t a, Py_ssize_t b) noexcept nogil
+    Py_ssize_t sw_structural(const unsigned char* s, Py_ssize_t k, Py_ssize_t n) noexcept nogil
+
+
+cdef enum Kind:
+    KIND_PATH = 0
+    KIND_DETECTOR = 1
+    KIND_REGEX = 2
+
+cdef enum Detector:
+    DET_CARD = 0
+    DET_EMAIL = 1
+    DET_IBAN = 2
+    DET_SSN = 3
+    DET_PHONE = 4
+
+cdef enum Strategy:
+    STRAT_REDACT = 0
+    STRAT_PARTIAL = 1
+    STRAT_HASH = 2
+    STRAT_NULL = 3
+
+# How a replacement is written: as it is (text, or inside a JSON string), as a JSON
+# string of its own (replacing a JSON value), or cut/padded to the matched length.
+cdef enum Mode:
+    MODE_RAW = 0
+    MODE_QUOTED = 1
+    MODE_FIT = 2
+
+# Outcome of a fast scan.
+cdef enum Status:
+    ST_OK = 0
+    ST_UNDECIDED = 1    # the orjson route decides
+    ST_INVALID = 2      # not JSON after all
+
+cdef enum SegKind:
+    SEG_KEY = 0         # a member by name
+    SEG_ANY_KEY = 1     # *
+    SEG_ANY_INDEX = 2   # [*]
+
+DEF FRAME_HEADER = 5        # Confluent magic byte + schema id
+DEF MAX_PATH = 32           # segments in one path; the path scan recurses once per segment
+DEF DEPTH_WORDS = 8         # 64-bit words of open-bracket bits: the nesting (512) the skip scan follows
+DEF MAX_JSON_DEPTH = DEPTH_WORDS * 64
+DEF TOKEN_BYTES = 16        # HMAC bytes kept in a hash token
+DEF TOKEN_CHARS = 22        # their base64url length, unpadded
+DEF MIN_HMAC_KEY = 16
+
+TARGETS = {"key": TARGET_KEY, "value": TARGET_VALUE, "header": TARGET_HEADER}
+KINDS = {"json_path": KIND_PATH, "detector": KIND_DETECTOR, "regex": KIND_REGEX}
+DETECTORS = {"card": DET_CARD, "email": DET_EMAIL, "iban": DET_IBAN, "ssn": DET_SSN, "phone": DET_PHONE}
+STRATEGIES = {"redact": STRAT_REDACT, "partial": STRAT_PARTIAL, "hash": STRAT_HASH, "null": STRAT_NULL}
+_KIND_KEYS = {KIND_PATH: "path", KIND_DETECTOR: "detector", KIND_REGEX: "pattern"}
+_RULE_KEYS = {"name", "target", "header", "kind", "path", "detector", "pattern", "strategy", "keep_last", "placeholder"}
+
+# Country code -> IBAN length, from the SWIFT IBAN registry.
+_IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BI": 27, "BR": 29,
+    "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DJ": 27, "DK": 18, "DO": 28, "EE": 20, "EG": 29,
+    "ES": 24, "FI": 18, "FK": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28,
+    "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28,
+    "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "LY": 25, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MN": 20,
+    "MR": 27, "MT": 31, "MU": 30, "NI": 28, "NL": 18, "NO": 15, "OM": 23, "PK": 24, "PL": 28, "PS": 29, "PT": 25,
+    "QA": 29, "RO": 24, "RS": 22, "RU": 33, "SA": 24, "SC": 31, "SD": 18, "SE": 24, "SI": 19, "SK": 24, "SM": 27,
+    "SO": 23, "ST": 25, "SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20, "YE": 30,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Byte classes
+
+cdef enum CharClass:
+    C_DIGIT = 1
+    C_ALPHA = 2         # ASCII letters
+    C_CARDSEP = 4       # separators inside a card number: space, dash
+    C_LOCAL = 8         # email local part
+    C_DOMAIN = 16       # email domain label
+    C_NUM = 32          # bytes of a JSON number token
+    C_WS = 64           # JSON whitespace
+
+cdef unsigned char CLS[256]
+cdef unsigned char IBAN_LEN[26 * 26]
+cdef const char* B64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+cdef void _init_tables():
+    cdef int i
+    memset(CLS, 0, sizeof(CLS))
+    for i in range(ord("0"), ord("9") + 1):
+        CLS[i] |= C_DIGIT | C_LOCAL | C_DOMAIN | C_NUM
+    for i in range(ord("A"), ord("Z") + 1):
+        CLS[i] |= C_ALPHA | C_LOCAL | C_DOMAIN
+        CLS[i + 32] |= C_ALPHA | C_LOCAL | C_DOMAIN
+    for ch in b" -":
+        CLS[ch] |= C_CARDSEP
+    for ch in b"._%+-":
+        CLS[ch] |= C_LOCAL
+    CLS[ord("-")] |= C_DOMAIN
+    for ch in b"+-.eE":
+        CLS[ch] |= C_NUM
+    for ch in b" \t\r\n":
+        CLS[ch] |= C_WS
+    memset(IBAN_LEN, 0, sizeof(IBAN_LEN))
+    for country, length in _IBAN_LENGTHS.items():
+        IBAN_LEN[(ord(country[0]) - 65) * 26 + ord(country[1]) - 65] = length
+
+
+_init_tables()
+
+
+cdef inline bint _digit(unsigned char c) noexcept nogil:
+    return CLS[c] & C_DIGIT
+
+
+cdef inline bint _alnum(unsigned char c) noexcept nogil:
+    return CLS[c] & (C_DIGIT | C_ALPHA)
+
+
+cdef inline bint _digits(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if not CLS[s[i]] & C_DIGIT:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Detectors: each finds the first match starting at or after `start` in s[0:n], as [ms, me).
+
+cdef bint _card_ok(const unsigned char* s, Py_ssize_t n, Py_ssize_t a, Py_ssize_t b, int digits) noexcept nogil:
+    if digits < 13 or digits > 19 or s[a] < 0x32 or s[a] > 0x36:
+        return False
+    if a > 0 and (_alnum(s[a - 1]) or (s[a - 1] == b"."[0] and a > 1 and _digit(s[a - 2]))):
+        return False
+    if b < n and (_alnum(s[b]) or (s[b] == b"."[0] and b + 1 < n and _digit(s[b + 1]))):
+        return False
+    cdef int total = 0, d
+    cdef bint double = False
+    cdef Py_ssize_t i = b - 1
+    while i >= a:
+        if _digit(s[i]):
+            d = s[i] - 0x30
+            if double:
+                d *= 2
+                if d > 9:
+                    d -= 9
+            total += d
+            double = not double
+        i -= 1
+    return total % 10 == 0
+
+
+cdef inline void _card_union(Py_ssize_t a, Py_ssize_t b, Py_ssize_t* best_a, Py_ssize_t* best_b) noexcept nogil:
+    """Add card [a, b) to the match being built; one that does not overlap it is left for the next search."""
+    if best_a[0] < 0:
+        best_a[0] = a
+        best_b[0] = b
+    elif a < best_b[0]:
+        best_a[0] = min(best_a[0], a)
+        best_b[0] = max(best_b[0], b)
+
+
+cdef bint _find_card(const unsigned char* s, Py_ssize_t n, Py_ssize_t start,
+                     Py_ssize_t* ms, Py_ssize_t* me) noexcept nogil:
+    # A card spans at least 13 bytes of digits and separators, so it covers one of every 13 consecutive
+    # positions: probe those, and where a probe lands on a digit or separator walk that run once, group by
+    # group. Candidates end at a group: the group alone (13-19 digits), or it and up to five groups before it
+    # (3-6 digits each, joined by single separators).
+    cdef Py_ssize_t p = start + 12, k, a, gap, best_a, best_b
+    cdef Py_ssize_t group_start[8]
+    cdef int group_len[8]
+    cdef int groups, chain, length, digits, i
+    while p < n:
+        if not CLS[s[p]] & (C_DIGIT | C_CARDSEP):
+            p += 13
+            continue
+        k = p
+        while k > start and CLS[s[k - 1]] & (C_DIGIT | C_CARDSEP):
+            k -= 1
+        best_a = -1
+        best_b = -1
+        groups = 0
+        chain = 0
+        while True:
+            gap = k
+            while k < n and CLS[s[k]] & C_CARDSEP:
+                k += 1
+            # A group starting this far past the match cannot be part of a card overlapping it.
+            if k >= n or not _digit(s[k]) or (best_a >= 0 and k >= best_b + 40):
+                break
+            a = k
+            while k < n and _digit(s[k]):
+                k += 1
+            length = <int>(k - a)
+            group_start[groups & 7] = a
+            group_len[groups & 7] = length
+            if length < 3 or length > 6:
+                chain = 0
+            elif chain > 0 and a - gap == 1:
+                chain = min(chain + 1, 6)
+            else:
+                chain = 1
+            if length >= 13:
+                if _card_ok(s, n, a, k, length):
+                    _card_union(a, k, &best_a, &best_b)
+            else:
+                digits = length
+                for i in range(1, chain):
+                    digits += group_len[(groups - i) & 7]
+                    if digits > 19:
+                        break
+                    if digits >= 13 and _card_ok(s, n, group_start[(groups - i) & 7], k, digits):
+                        _card_union(group_start[(groups - i) & 7], k, &best_a, &best_b)
+            groups += 1
+        if best_a >= 0:
+            ms[0] = best_a
+            me[0] = best_b
+            return True
+        p = k + 13
+    return False
+
+
+cdef bint _find_email(const unsigned char* s, Py_ssize_t n, Py_ssize_t start,
+                      Py_ssize_t* ms, Py_ssize_t* me) noexcept nogil:
+    cdef Py_ssize_t i = start, at, l, j, k, good, x
+    cdef int labels
+    cdef bint letters
+    cdef const void* hit
+    while i < n:
+        hit = memchr(s + i, b"@"[0], n - i)
+        if hit == NULL:
+            return False
+        at = <const unsigned char*>hit - s
+        l = at
+        while l > start and CLS[s[l - 1]] & C_LOCAL:
+            l -= 1
+        while l < at and s[l] == b"."[0]:
+            l += 1
+        if l < at:
+            j = at + 1
+            good = -1
+            labels = 0
+            while j < n and _alnum(s[j]):
+                k = j
+                while k < n and CLS[s[k]] & C_DOMAIN:
+                    k += 1
+                if labels > 0 and k - j >= 2:
+                    letters = True
+                    for x in range(j, k):
+                        if not CLS[s[x]] & C_ALPHA:
+                            letters = False
+                            break
+                    if letters:
+                        good = k
+                labels += 1
+                if k + 1 < n and s[k] == b"."[0]:
+                    j = k + 1
+                else:
+                    break
+            if good > 0:
+                ms[0] = l
+                me[0] = good
+                return True
+        i = at + 1
+    return False
+
+
+cdef bint _iban_at(const unsigned char* s, Py_ssize_t n, Py_ssize_t i, int length, Py_ssize_t* me) noexcept nogil:
+    cdef unsigned char chars[34]
+    cdef int count = 0, k, v, remainder = 0
+    cdef Py_ssize_t j = i
+    cdef unsigned char c
+    while count < length:
+        if j >= n:
+            return False
+        c = s[j]
+        if c == b" "[0] and count % 4 == 0 and count > 0 and j + 1 < n and _alnum(s[j + 1]):
+            j += 1
+            continue
+        if not _alnum(c):
+            return False
+        chars[count] = c & 0xDF if CLS[c] & C_ALPHA else c
+        count += 1
+        j += 1
+    if j < n and _alnum(s[j]):
+        return False
+    # mod-97 over the rearranged IBAN (BBAN, country code, check digits), letters as 10..35.
+    for k in range(4, length + 4):
+        c = chars[k % length]
+        if _digit(c):
+            remainder = (remainder * 10 + (c - 0x30)) % 97
+        else:
+            v = c - 0x41 + 10
+            remainder = (remainder * 100 + v) % 97
+    if remainder != 1:
+        return False
+    me[0] = j
+    return True
+
+
+cdef bint _find_iban(const unsigned char* s, Py_ssize_t n, Py_ssize_t start,
+                     Py_ssize_t* ms, Py_ssize_t* me) noexcept nogil:
+    cdef Py_ssize_t i = start
+    cdef int length
+    while i + 15 <= n:
+        if (CLS[s[i]] & C_ALPHA and CLS[s[i + 1]] & C_ALPHA and _digit(s[i + 2]) and _digit(s[i + 3])
+                and (i == 0 or not _alnum(s[i - 1]))):
+            length = IBAN_LEN[((s[i] & 0xDF) - 0x41) * 26 + (s[i + 1] & 0xDF) - 0x41]
+            if length and _iban_at(s, n, i, length, me):
+                ms[0] = i
+                return True
+        i += 1
+    return False
+
+
+cdef bint _find_ssn(const unsigned char* s, Py_ssize_t n, Py_ssize_t start,
+                    Py_ssize_t* ms, Py_ssize_t* me) noexcept nogil:
+    # Anchored on the first dash: s[i-3:i] area, s[i+1:i+3] group, s[i+4:i+8] serial.
+    cdef Py_ssize_t i = start + 3
+    cdef int area
+    cdef const void* hit
+    while i + 8 <= n:
+        hit = memchr(s + i, b"-"[0], n - i)
+        if hit == NULL:
+            return False
+        i = <const unsigned char*>hit - s
+        if i + 8 > n:
+            return False
+        if (_digits(s + i - 3, 3) and _digits(s + i + 1, 2) and s[i + 3] == b"-"[0] and _digits(s + i + 4, 4)
+                and (i == 3 or not (_alnum(s[i - 4]) or s[i - 4] == b"-"[0]))
+                and (i + 8 == n or not (_alnum(s[i + 8])
+                                        or (s[i + 8] == b"-"[0] and i + 9 < n and _digit(s[i + 9]))))):
+            area = (s[i - 3] - 0x30) * 100 + (s[i - 2] - 0x30) * 10 + s[i - 1] - 0x30
+            if (area != 0 and area != 666 and area < 900 and (s[i + 1] != 0x30 or s[i + 2] != 0x30)
+                    and not (s[i + 4] == 0x30 and s[i + 5] == 0x30 and s[i + 6] == 0x30 and s[i + 7] == 0x30)):
+                ms[0] = i - 3
+                me[0] = i + 8
+                return True
+        i += 1
+    return False
+
+
+cdef Py_ssize_t _phone_plus(const unsigned char* s, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
+    cdef Py_ssize_t j = i + 1, k, last = -1
+    cdef int digits = 0
+    cdef bint paren = False
+    cdef unsigned char c
+    if j >= n or not _digit(s[j]) or s[j] == 0x30:
+        return -1
+    while j < n:
+        c = s[j]
+        if _digit(c):
+            digits += 1
+            if digits > 15:
+                return -1
+            j += 1
+            last = j
+        elif c == b" "[0] or c == b"-"[0] or c == b"."[0]:
+            if j + 1 < n and (_digit(s[j + 1]) or (s[j + 1] == b"("[0] and not paren)):
+                j += 1
+            else:
+                break
+        elif c == b"("[0] and not paren:
+            k = j + 1
+            while k < n and _digit(s[k]) and k - j <= 4:
+                k += 1
+            if k >= n or s[k] != b")"[0] or k == j + 1:
+                break
+            digits += <int>(k - j - 1)
+            paren = True
+            j = k + 1
+            last = j
+        else:
+            break
+    if digits < 8 or digits > 15 or (last < n and _alnum(s[last])):
+        return -1
+    return last
+
+
+cdef Py_ssize_t _phone_nanp(const unsigned char* s, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
+    cdef Py_ssize_t j = i, end
+    cdef unsigned char sep
+    if s[i] == b"("[0]:
+        if i + 5 > n or not _digits(s + i + 1, 3) or s[i + 4] != b")"[0] or s[i + 1] < 0x32:
+            return -1
+        j = i + 5
+        if j < n and s[j] == b" "[0]:
+            j += 1
+        sep = s[j + 3] if j + 3 < n else 0
+        if (j + 8 > n or not _digits(s + j, 3) or s[j] < 0x32 or not _digits(s + j + 4, 4)
+                or (sep != b"-"[0] and sep != b"."[0] and sep != b" "[0])):
+            return -1
+        end = j + 8
+    else:
+        if s[i] == b"1"[0] and i + 2 < n and (s[i + 1] == b"-"[0] or s[i + 1] == b"."[0]):
+            j = i + 2
+        if j + 12 > n or not _digits(s + j, 3) or not _digits(s + j + 4, 3) or not _digits(s + j + 8, 4):
+            return -1
+        sep = s[j + 3]
+        if (sep != b"-"[0] and sep != b"."[0]) or s[j + 7] != sep or (j > i and s[i + 1] != sep):
+            return -1
+        if s[j] < 0x32 or s[j + 4] < 0x32:
+            return -1
+        end = j + 12
+    if end < n and (_alnum(s[end]) or ((s[end] == b"-"[0] or s[end] == b"."[0])
+                                       and end + 1 < n and _digit(s[end + 1]))):
+        return -1
+    return end
+
+
+cdef bint _find_phone(const unsigned char* s, Py_ssize_t n, Py_ssize_t start,
+                      Py_ssize_t* ms, Py_ssize_t* me) noexcept nogil:
+    cdef Py_ssize_t i, end
+    cdef unsigned char c, before
+    for i in range(start, n):
+        c = s[i]
+        if c != b"+"[0] and c != b"("[0] and not _digit(c):
+            continue
+        before = s[i - 1] if i > 0 else 0x20
+        if _alnum(before) or before == b"+"[0]:
+            continue
+        if c == b"+"[0]:
+            end = _phone_plus(s, n, i)
+        elif before == b"-"[0] or before == b"."[0]:
+            continue
+        else:
+            end = _phone_nanp(s, n, i)
+        if end > 0:
+            ms[0] = i
+            me[0] = end
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compiled rules
+
+cdef struct Seg:
+    int kind                    # SegKind
+    const unsigned char* name   # SEG_KEY: the member name (bytes kept alive by Rule._names)
+    Py_ssize_t name_len
+
+
+cdef class Rule:
+    """One compiled rule; Masker keeps them per target."""
+
+    cdef int index              # position in Masker.names
+    cdef bytes header           # TARGET_HEADER: the header key it applies to, None for every header
+    cdef int kind               # Kind
+    cdef int detector           # Detector, for KIND_DETECTOR
+    cdef object regex           # re.Pattern over bytes, for KIND_REGEX
+    cdef int strategy           # Strategy
+    cdef Py_ssize_t keep_last   # STRAT_PARTIAL
+    cdef bytes placeholder      # STRAT_REDACT, and for objects/arrays under STRAT_PARTIAL
+    cdef bytes hmac_key         # STRAT_HASH
+    cdef Seg segs[MAX_PATH]     # KIND_PATH
+    cdef int nseg
+    cdef list _names            # per segment (bytes, str) for SEG_KEY, else None: Seg.name points into the
+                                # bytes, the orjson route uses the str
+
+    cdef int next_match(self, const unsigned char* s, Py_ssize_t n, Py_ssize_t start, object text,
+                        Py_ssize_t* ms, Py_ssize_t* me) except -1:
+        """1 and [ms, me) for the next match at or after start, or 0. text is s as bytes for a regex."""
+        if self.kind == KIND_REGEX:
+            while start <= n:
+                found = self.regex.search(text, start)
+                if found is None:
+                    return 0
+                if found.end() > found.start():
+                    ms[0] = found.start()
+                    me[0] = found.end()
+                    return 1
+                start = found.start() + 1
+            return 0
+        if self.detector == DET_CARD:
+            return _find_card(s, n, start, ms, me)
+        if self.detector == DET_EMAIL:
+            return _find_email(s, n, start, ms, me)
+        if self.detector == DET_IBAN:
+            return _find_iban(s, n, start, ms, me)
+        if self.detector == DET_SSN:
+            return _find_ssn(s, n, start, ms, me)
+        return _find_phone(s, n, start, ms, me)
+
+
+cdef list _parse_path(str path):
+    """'customer.*.email' / 'items[*].iban' -> [(SegKind, name or None), ...]."""
+    cdef list segs = []
+    for part in path.split("."):
+        brackets = 0
+        while part.endswith("[*]"):
+            part = part[:len(part) - 3]
+            brackets += 1
+        if part == "*":
+            segs.append((SEG_ANY_KEY, None))
+        elif part:
+            if any(ch in part for ch in "[]*"):
+                raise ValueError(f"path {path!r}: only names, '*' and '[*]' are supported")
+            segs.append((SEG_KEY, part))
+        elif brackets == 0:
+            raise ValueError(f"path {path!r} has an empty segment")
+        segs.extend([(SEG_ANY_INDEX, None)] * brackets)
+    if len(segs) > MAX_PATH:
+        raise ValueError(f"path {path!r} has more than {MAX_PATH} segments")
+    return segs
+
+
+cdef Rule _compile_rule(object spec, int index, bytes hmac_key):
+    if not isinstance(spec, dict):
+        raise ValueError(f"rule {index}: a rule is a dict, not {type(spec).__name__}")
+    unknown = set(spec) - _RULE_KEYS
+    if unknown:
+        raise ValueError(f"rule {index}: unknown keys {sorted(unknown)}")
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"rule {index}: 'name' must be a non-empty string")
+    where = f"rule {name!r}"
+    cdef Rule rule = Rule()
+    rule.index = index
+    target = spec.get("target")
+    if target not in TARGETS:
+        raise ValueError(f"{where}: 'target' must be one of {sorted(TARGETS)}")
+    header = spec.get("header")
+    if header is not None:
+        if target != "header" or not isinstance(header, str):
+            raise ValueError(f"{where}: 'header' is a header name, for target 'header' only")
+        rule.header = header.encode("utf-8")
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"{where}: 'kind' must be one of {sorted(KINDS)}")
+    rule.kind = KINDS[kind]
+    for other, key in _KIND_KEYS.items():
+        if other != rule.kind and key in spec:
+            raise ValueError(f"{where}: {key!r} does not apply to kind {kind!r}")
+    if rule.kind == KIND_PATH:
+        path = spec.get("path")
+        if not isinstance(path, str):
+            raise ValueError(f"{where}: 'path' must be a string")
+        rule._names = []
+        for seg_kind, seg_name in _parse_path(path):
+            rule.segs[rule.nseg].kind = seg_kind
+            if seg_kind == SEG_KEY:
+                encoded = seg_name.encode("utf-8")
+                rule._names.append((encoded, seg_name))
+                rule.segs[rule.nseg].name = <const unsigned char*>PyBytes_AS_STRING(encoded)
+                rule.segs[rule.nseg].name_len = PyBytes_GET_SIZE(encoded)
+            else:
+                rule._names.append(None)
+            rule.nseg += 1
+    elif rule.kind == KIND_DETECTOR:
+        detector = spec.get("detector")
+        if detector not in DETECTORS:
+            raise ValueError(f"{where}: 'detector' must be one of {sorted(DETECTORS)}")
+        rule.detector = DETECTORS[detector]
+    else:
+        pattern = spec.get("pattern")
+        if not isinstance(pattern, str):
+            raise ValueError(f"{where}: 'pattern' must be a string")
+        try:
+            rule.regex = re.compile(pattern.encode("utf-8"))
+        except re.error as exc:
+            raise ValueError(f"{where}: bad pattern: {exc}") from None
+    strategy = spec.get("strategy")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"{where}: 'strategy' must be one of {sorted(STRATEGIES)}")
+    rule.strategy = STRATEGIES[strategy]
+    if "keep_last" in spec and strategy != "partial":
+        raise ValueError(f"{where}: 'keep_last' is for strategy 'partial'")
+    if "placeholder" in spec and strategy != "redact":
+        raise ValueError(f"{where}: 'placeholder' is for strategy 'redact'")
+    keep_last = spec.get("keep_last", 4)
+    if not isinstance(keep_last, int) or isinstance(keep_last, bool) or keep_last < 0:
+        raise ValueError(f"{where}: 'keep_last' must be a non-negative integer")
+    rule.keep_last = keep_last
+    placeholder = spec.get("placeholder", "****")
+    if not isinstance(placeholder, str) or any(ch in '"\\' or ord(ch) < 0x20 for ch in placeholder):
+        raise ValueError(f"{where}: 'placeholder' must be a string without quotes, backslashes or control characters")
+    rule.placeholder = placeholder.encode("utf-8")
+    if rule.strategy == STRAT_HASH and len(hmac_key) < MIN_HMAC_KEY:
+        raise ValueError(f"{where}: strategy 'hash' needs an hmac_key of at least {MIN_HMAC_KEY} bytes")
+    rule.hmac_key = hmac_key
+    return rule
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing replacements
+
+cdef struct Emit:
+    const unsigned char* src    # the bytes being masked
+    Py_ssize_t done             # src[0:done] is in dst already (copied or replaced)
+    Buf* dst
+    Py_ssize_t count            # replacements made
+
+
+cdef inline int _emit_upto(Emit* em, Py_ssize_t upto) except -1:
+    buf_put(em.dst, em.src + em.done, upto - em.done)
+    em.done = upto
+    return 0
+
+
+cdef int _put_token(Rule rule, Buf* dst, const unsigned char* text, Py_ssize_t n) except -1:
+    digest = hmac.digest(rule.hmac_key, PyBytes_FromStringAndSize(<const char*>text, n), "sha256")
+    cdef const unsigned char* d = <const unsigned char*>PyBytes_AS_STRING(digest)
+    cdef unsigned char out[TOKEN_CHARS + 2]
+    cdef int i, k = 0
+    cdef unsigned int triple
+    for i in range(0, TOKEN_BYTES, 3):
+        triple = d[i] << 16
+        if i + 1 < TOKEN_BYTES:
+            triple |= d[i + 1] << 8
+        if i + 2 < TOKEN_BYTES:
+            triple |= d[i + 2]
+        out[k] = B64URL[(triple >> 18) & 63]
+        out[k + 1] = B64URL[(triple >> 12) & 63]
+        out[k + 2] = B64URL[(triple >> 6) & 63]
+        out[k + 3] = B64URL[triple & 63]
+        k += 4
+    return buf_put(dst, out, TOKEN_CHARS)
+
+
+cdef int _put_partial(Rule rule, Buf* dst, const unsigned char* text, Py_ssize_t n) except -1:
+    # Characters are UTF-8 code points: count the bytes that do not continue one.
+    cdef Py_ssize_t chars = 0, i, keep, tail = n, seen = 0
+    for i in range(n):
+        if (text[i] & 0xC0) != 0x80:
+            chars += 1
+    keep = rule.keep_last if chars > rule.keep_last else 0
+    while seen < keep:
+        tail -= 1
+        if (text[tail] & 0xC0) != 0x80:
+            seen += 1
+    buf_fill(dst, b"*"[0], chars - keep)
+    return buf_put(dst, text + tail, n - tail)
+
+
+cdef int _put_masked(Rule rule, Buf* dst, const unsigned char* text, Py_ssize_t n, int mode) except -1:
+    """The strategy's replacement for text (null writes nothing here: callers write JSON null themselves)."""
+    cdef Py_ssize_t start
+    if mode == MODE_QUOTED:
+        buf_put(dst, b'"', 1)
+    start = dst.len
+    if rule.strategy == STRAT_REDACT:
+        buf_put(dst, PyBytes_AS_STRING(rule.placeholder), PyBytes_GET_SIZE(rule.placeholder))
+    elif rule.strategy == STRAT_PARTIAL:
+        _put_partial(rule, dst, text, n)
+    elif rule.strategy == STRAT_HASH:
+        _put_token(rule, dst, text, n)
+    if mode == MODE_FIT:
+        if dst.len - start > n:
+            dst.len = start + n
+        else:
+            buf_fill(dst, b"*"[0], n - (dst.len - start))
+    elif mode == MODE_QUOTED:
+        buf_put(dst, b'"', 1)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JSON: the path scan, and where a detector's match sits
+
+# The scanners pass positions by value and return the position after what they read, or one of these:
+# (through a struct, every store to the position would force reloading the data pointer: char aliasing).
+DEF AT_INVALID = -1     # not JSON after all
+DEF AT_UNDECIDED = -2   # the orjson route decides
+DEF AT_ERROR = -3       # a Python exception is set
+
+
+cdef inline Py_ssize_t _ws(const unsigned char* s, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    while k < n and CLS[s[k]] & C_WS:
+        k += 1
+    return k
+
+
+cdef inline bint _looks_json(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k = _ws(s, n, 0)
+    return k < n and (s[k] == b"{"[0] or s[k] == b"["[0])
+
+
+cdef inline Py_ssize_t _string_end(const unsigned char* s, Py_ssize_t n, Py_ssize_t content,
+                                   bint* escapes) noexcept nogil:
+    """Index of the quote closing the string whose content starts at `content`, or -1; escapes[0] is set
+    when the string has any."""
+    cdef Py_ssize_t k = content
+    while True:
+        k = sw_quote_or_backslash(s, k, n)
+        if k >= n:
+            return AT_INVALID
+        if s[k] == b'"'[0]:
+            return k
+        escapes[0] = True
+        k += 2
+
+
+cdef Py_ssize_t _skip_container(const unsigned char* s, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """Past the object or array at k, checking only that brackets match and strings close: the path scan
+    validates what it walks through, and nothing inside a skipped value is a target."""
+    cdef unsigned long long objects[DEPTH_WORDS]    # bit per open bracket: 1 for {, 0 for [
+    cdef int depth = 0
+    cdef unsigned char c
+    cdef bint escapes = False
+    while True:
+        k = sw_structural(s, k, n)
+        if k >= n:
+            return AT_INVALID
+        c = s[k]
+        if c == b'"'[0]:
+            k = _string_end(s, n, k + 1, &escapes)
+            if k < 0:
+                return AT_INVALID
+            k += 1
+            continue
+        k += 1
+        if c == b"{"[0] or c == b"["[0]:
+            if depth == MAX_JSON_DEPTH:
+                return AT_UNDECIDED
+            if c == b"{"[0]:
+                objects[depth >> 6] |= 1ULL << (depth & 63)
+            else:
+                objects[depth >> 6] &= ~(1ULL << (depth & 63))
+            depth += 1
+        else:
+            if depth == 0 or ((objects[(depth - 1) >> 6] >> ((depth - 1) & 63)) & 1) != (c == b"}"[0]):
+                return AT_INVALID
+            depth -= 1
+            if depth == 0:
+                return k
+
+
+cdef inline Py_ssize_t _skip_value(const unsigned char* s, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """Past the JSON value at k (after blanks)."""
+    cdef bint escapes = False
+    k = _ws(s, n, k)
+    if k >= n:
+        return AT_INVALID
+    cdef unsigned char c = s[k]
+    if c == b'"'[0]:
+        k = _string_end(s, n, k + 1, &escapes)
+        return k + 1 if k >= 0 else AT_INVALID
+    if c == b"-"[0] or _digit(c):
+        k += 1
+        while k < n and CLS[s[k]] & C_NUM:
+            k += 1
+        return k
+    if c == b"{"[0] or c == b"["[0]:
+        return _skip_container(s, n, k)
+    if n - k >= 4 and (memcmp(s + k, b"true", 4) == 0 or memcmp(s + k, b"null", 4) == 0):
+        return k + 4
+    if n - k >= 5 and memcmp(s + k, b"false", 5) == 0:
+        return k + 5
+    return AT_INVALID
+
+
+cdef Py_ssize_t _mask_target(Rule rule, const unsigned char* s, Py_ssize_t n, Py_ssize_t k,
+                             Emit* em) except AT_ERROR:
+    """Replace the JSON value at k (the end of a path); the position after it."""
+    cdef Py_ssize_t vs, ve
+    cdef bint escapes = False
+    vs = _ws(s, n, k)
+    if vs >= n:
+        return AT_INVALID
+    cdef unsigned char c = s[vs]
+    if c == b'"'[0]:
+        ve = _string_end(s, n, vs + 1, &escapes)
+        if ve < 0:
+            return AT_INVALID
+        ve += 1
+        if escapes and (rule.strategy == STRAT_PARTIAL or rule.strategy == STRAT_HASH):
+            return AT_UNDECIDED
+        _emit_upto(em, vs)
+        if rule.strategy == STRAT_NULL:
+            buf_put(em.dst, b"null", 4)
+        else:
+            _put_masked(rule, em.dst, s + vs + 1, ve - vs - 2, MODE_QUOTED)
+    else:
+        ve = _skip_value(s, n, vs)
+        if ve < 0:
+            return ve
+        if ve - vs == 4 and memcmp(s + vs, b"null", 4) == 0:
+            return ve
+        _emit_upto(em, vs)
+        if rule.strategy == STRAT_NULL:
+            buf_put(em.dst, b"null", 4)
+        elif (c == b"{"[0] or c == b"["[0]) and rule.strategy != STRAT_HASH:
+            buf_put(em.dst, b'"', 1)
+            buf_put(em.dst, PyBytes_AS_STRING(rule.placeholder), PyBytes_GET_SIZE(rule.placeholder))
+            buf_put(em.dst, b'"', 1)
+        else:
+            _put_masked(rule, em.dst, s + vs, ve - vs, MODE_QUOTED)
+    em.done = ve
+    em.count += 1
+    return ve
+
+
+cdef inline bint _same(const unsigned char* a, const unsigned char* b, Py_ssize_t n) noexcept nogil:
+    # Keys are short: a loop beats a call to memcmp.
+    cdef Py_ssize_t i
+    for i in range(n):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+cdef Py_ssize_t _path_value(Rule rule, const unsigned char* s, Py_ssize_t n, Py_ssize_t k, int seg,
+                            Emit* em) except AT_ERROR:
+    """Walk the value at k along rule.segs[seg:], masking what the path reaches; the position after it."""
+    cdef Py_ssize_t ks, ke
+    cdef bint hit, escapes
+    if seg == rule.nseg:
+        return _mask_target(rule, s, n, k, em)
+    k = _ws(s, n, k)
+    if k >= n:
+        return AT_INVALID
+    cdef int kind = rule.segs[seg].kind
+    cdef unsigned char c = s[k]
+    if c == b"{"[0] and kind != SEG_ANY_INDEX:
+        k = _ws(s, n, k + 1)
+        if k < n and s[k] == b"}"[0]:
+            return k + 1
+        while True:
+            k = _ws(s, n, k)
+            if k >= n or s[k] != b'"'[0]:
+                return AT_INVALID
+            ks = k + 1
+            escapes = False
+            ke = _string_end(s, n, ks, &escapes)
+            if ke < 0:
+                return AT_INVALID
+            k = _ws(s, n, ke + 1)
+            if k >= n or s[k] != b":"[0]:
+                return AT_INVALID
+            if kind == SEG_ANY_KEY:
+                hit = True
+            elif escapes:
+                return AT_UNDECIDED     # an escaped key may spell the name
+            else:
+                hit = ke - ks == rule.segs[seg].name_len and _same(s + ks, rule.segs[seg].name, ke - ks)
+            k = _path_value(rule, s, n, k + 1, seg + 1, em) if hit else _skip_value(s, n, k + 1)
+            if k < 0:
+                return k
+            k = _ws(s, n, k)
+            if k >= n:
+                return AT_INVALID
+            if s[k] == b"}"[0]:
+                return k + 1
+            if s[k] != b","[0]:
+                return AT_INVALID
+            k += 1
+    if c == b"["[0] and kind == SEG_ANY_INDEX:
+        k = _ws(s, n, k + 1)
+        if k < n and s[k] == b"]"[0]:
+            return k + 1
+        while True:
+            k = _path_value(rule, s, n, k, seg + 1, em)
+            if k < 0:
+                return k
+            k = _ws(s, n, k)
+            if k >= n:
+                return AT_INVALID
+            if s[k] == b"]"[0]:
+                return k + 1
+            if s[k] != b","[0]:
+                return AT_INVALID
+            k += 1
+    return _skip_value(s, n, k)     # not the container the path needs here: nothing below matches
+
+
+cdef int _path_scan(Rule rule, const unsigned char* s, Py_ssize_t n, Emit* em) except -1:
+    cdef Py_ssize_t k = _path_value(rule, s, n, 0, 0, em)
+    if k == AT_UNDECIDED:
+        return ST_UNDECIDED
+    return ST_OK if k >= 0 and _ws(s, n, k) == n else ST_INVALID
+
+
+cdef int _detect_json(Rule rule, const unsigned char* s, Py_ssize_t n, object text, Emit* em) except -1:
+    """Detector or regex over a JSON document, each match replaced so the document stays JSON."""
+    cdef Py_ssize_t pos = 0, ms, me, quotes = 0, content = 0, se = -1, ts, te, k
+    cdef bint in_string = False, escapes, whole, ignored = False
+    cdef const unsigned char* hit = <const unsigned char*>memchr(s, b"\\"[0], n)
+    escapes = hit != NULL
+    while hit != NULL:
+        # A \u escape can spell anything a detector looks for; decoded strings are scanned on the orjson route.
+        k = hit - s
+        if k + 1 < n and s[k + 1] == b"u"[0]:
+            return ST_UNDECIDED
+        hit = <const unsigned char*>memchr(s + k + 2, b"\\"[0], n - k - 2) if k + 2 < n else NULL
+    if escapes and rule.kind == KIND_REGEX:
+        return ST_UNDECIDED     # a regex match may end inside an escape
+    while rule.next_match(s, n, pos, text, &ms, &me):
+        # Whether ms is inside a string: quote parity from `quotes`, escapes honoured when there are any.
+        # Detectors never match quotes or backslashes, so a match lies inside one string or outside all.
+        if not escapes:
+            in_string ^= sw_odd_quotes(s, quotes, ms)
+            quotes = ms
+        else:
+            k = quotes
+            while k < ms:
+                if s[k] == b'"'[0]:
+                    in_string = not in_string
+                    content = k + 1
+                    k += 1
+                else:
+                    k += 2 if s[k] == b"\\"[0] and in_string else 1
+            quotes = ms
+        if in_string:
+            # The end found for an earlier match in the same string still holds (no quote since).
+            if se < ms:
+                se = _string_end(s, n, content if escapes else ms, &ignored)
+                if se < 0:
+                    return ST_INVALID
+            if me > se:
+                return ST_UNDECIDED
+            whole = ((ms == content) if escapes else s[ms - 1] == b'"'[0]) and me == se
+            if whole:
+                # A key cannot be null: like the orjson route, a nulled key becomes "".
+                k = _ws(s, n, se + 1)
+                whole = k >= n or s[k] != b":"[0]
+            if rule.strategy == STRAT_NULL and whole:
+                _emit_upto(em, ms - 1)
+                buf_put(em.dst, b"null", 4)
+                em.done = se + 1
+                in_string = False
+                quotes = pos = se + 1
+            else:
+                _emit_upto(em, ms)
+                _put_masked(rule, em.dst, s + ms, me - ms, MODE_RAW)
+                em.done = quotes = pos = me
+        else:
+            # Outside strings only a number can hold a match; the whole number becomes a string.
+            ts = ms
+            while ts > 0 and CLS[s[ts - 1]] & C_NUM:
+                ts -= 1
+            te = me
+            while te < n and CLS[s[te]] & C_NUM:
+                te += 1
+            if ts < em.done:
+                return ST_UNDECIDED
+            for k in range(ms, me):
+                if not CLS[s[k]] & C_NUM:
+                    return ST_UNDECIDED
+            _emit_upto(em, ts)
+            if rule.strategy == STRAT_NULL:
+                buf_put(em.dst, b"null", 4)
+            else:
+                _put_masked(rule, em.dst, s + ms, me - ms, MODE_QUOTED)
+            em.done = quotes = pos = te
+        em.count += 1
+    return ST_OK
+
+
+cdef int _detect_raw(Rule rule, const unsigned char* s, Py_ssize_t n, object text, Emit* em, int mode) except -1:
+    cdef Py_ssize_t pos = 0, ms, me
+    while rule.next_match(s, n, pos, text, &ms, &me):
+        _emit_upto(em, ms)
+        _put_masked(rule, em.dst, s + ms, me - ms, mode)
+        em.done = me
+        em.count += 1
+        pos = me
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The orjson route, for the values the fast scans cannot decide
+
+cdef object _mask_py_value(Rule rule, object value):
+    """The masked form of one decoded JSON value (the end of a path)."""
+    if rule.strategy == STRAT_NULL:
+        return None
+    if isinstance(value, str):
+        raw = (<str>value).encode("utf-8")
+    elif isinstance(value, (dict, list)) and rule.strategy != STRAT_HASH:
+        return rule.placeholder.decode("utf-8")
+    else:
+        raw = orjson.dumps(value)
+    cdef Buf tmp
+    buf_init(&tmp, PY_SSIZE_T_MAX)
+    try:
+        _put_masked(rule, &tmp, <const unsigned char*>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), MODE_RAW)
+        return (<bytes>PyBytes_FromStringAndSize(<const char*>tmp.data, tmp.len)).decode("utf-8")
+    finally:
+        buf_free(&tmp)
+
+
+cdef object _path_py(Rule rule, object node, int seg, list count):
+    if seg == rule.nseg:
+        if node is None:
+            return None
+        count[0] += 1
+        return _mask_py_value(rule, node)
+    cdef int kind = rule.segs[seg].kind
+    if kind == SEG_KEY and type(node) is dict:
+        name = rule._names[seg][1]
+        if name in node:
+            node[name] = _path_py(rule, node[name], seg + 1, count)
+    elif kind == SEG_ANY_KEY and type(node) is dict:
+        for key in node:
+            node[key] = _path_py(rule, node[key], seg + 1, count)
+    elif kind == SEG_ANY_INDEX and type(node) is list:
+        for index in range(len(node)):
+            node[index] = _path_py(rule, node[index], seg + 1, count)
+    return node
+
+
+cdef object _detect_py_text(Rule rule, str value, list count):
+    """value with the rule's matches replaced; None when null strategy removed all of it."""
+    raw = value.encode("utf-8")
+    cdef Buf tmp
+    cdef Emit em
+    buf_init(&tmp, PY_SSIZE_T_MAX)
+    try:
+        em.src = <const unsigned char*>PyBytes_AS_STRING(raw)
+        em.done = 0
+        em.dst = &tmp
+        em.count = 0
+        _detect_raw(rule, em.src, PyBytes_GET_SIZE(raw), raw, &em, MODE_RAW)
+        if em.count == 0:
+            return value
+        _emit_upto(&em, PyBytes_GET_SIZE(raw))
+        count[0] += em.count
+        if tmp.len == 0 and rule.strategy == STRAT_NULL:
+            return None
+        # A regex may cut a multi-byte character; what is left of it cannot be anything but a replacement char.
+        return (<bytes>PyBytes_FromStringAndSize(<const char*>tmp.data, tmp.len)).decode("utf-8", "replace")
+    finally:
+        buf_free(&tmp)
+
+
+cdef object _detect_py(Rule rule, object node, list count):
+    cdef type kind = type(node)
+    if kind is str:
+        return _detect_py_text(rule, node, count)
+    if kind is dict:
+        masked = {}
+        for key, item in (<dict>node).items():
+            new_key = _detect_py_text(rule, key, count)
+            masked["" if new_key is None else new_key] = _detect_py(rule, item, count)
+        return masked
+    if kind is list:
+        return [_detect_py(rule, item, count) for item in node]
+    if kind is int:
+        text = _detect_py_text(rule, str(node), count)
+        return node if text == str(node) else text
+    return node
+
+
+cdef int _orjson_route(Rule rule, const unsigned char* s, Py_ssize_t n, Emit* em) except -1:
+    """Mask s (JSON) through orjson; ST_INVALID when it does not parse."""
+    try:
+        document = orjson.loads(PyBytes_FromStringAndSize(<const char*>s, n))
+    except orjson.JSONDecodeError:
+        return ST_INVALID
+    cdef list count = [0]
+    if rule.kind == KIND_PATH:
+        document = _path_py(rule, document, 0, count)
+    else:
+        document = _detect_py(rule, document, count)
+    if count[0]:
+        try:
+            encoded = orjson.dumps(document)
+        except TypeError:
+            return ST_INVALID   # nested deeper than orjson writes: handled as not JSON, which fails closed
+        buf_put(em.dst, PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded))
+        em.done = n
+        em.count = count[0]
+    return ST_OK
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One rule on one field
+
+cdef inline int _reset(Emit* em, Buf* dst, const unsigned char* header, Py_ssize_t head) except -1:
+    dst.len = 0
+    buf_put(dst, header, head)
+    em.done = 0
+    em.count = 0
+    return 0
+
+
+cdef int _apply_rule(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, Buf* dst) except -1:
+    """Write s masked by rule into dst and return 1, or return 0 when the rule changes nothing."""
+    cdef Py_ssize_t head = FRAME_HEADER if n >= FRAME_HEADER and s[0] == 0 else 0
+    cdef const unsigned char* payload = s + head
+    cdef Py_ssize_t size = n - head
+    cdef Emit em
+    cdef int st
+    if size == 0:
+        return 0
+    em.src = payload
+    em.dst = dst
+    text = PyBytes_FromStringAndSize(<const char*>payload, size) if rule.kind == KIND_REGEX else None
+    _reset(&em, dst, s, head)
+    # A framed payload cannot be decoded here, so a path never applies to it as JSON.
+    if _looks_json(payload, size) and not (rule.kind == KIND_PATH and head):
+        if rule.kind == KIND_PATH:
+            st = _path_scan(rule, payload, size, &em)
+        else:
+            st = _detect_json(rule, payload, size, text, &em)
+        if st == ST_UNDECIDED:
+            _reset(&em, dst, s, head)
+            st = _orjson_route(rule, payload, size, &em)
+        if st == ST_OK:
+            return _finish(rule, ctx, &em, size)
+        _reset(&em, dst, s, head)
+    if rule.kind == KIND_PATH:
+        # Not JSON (or framed): the path cannot be followed, so the whole value goes.
+        if rule.strategy != STRAT_NULL:
+            _put_masked(rule, dst, payload, size, MODE_RAW)
+        em.done = size
+        em.count = 1
+    else:
+        _detect_raw(rule, payload, size, text, &em, MODE_FIT if head else MODE_RAW)
+    return _finish(rule, ctx, &em, size)
+
+
+cdef inline int _finish(Rule rule, MaskCtx* ctx, Emit* em, Py_ssize_t size) except -1:
+    if em.count == 0:
+        return 0
+    _emit_upto(em, size)
+    ctx.counts[rule.index] += em.count
+    ctx.masked += em.count
+    return 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+cdef int maskctx_init(MaskCtx* ctx, Masker masker) except -1:
+    """Set ctx up for one call; maskctx_free releases it, also after this raised."""
+    cdef Py_ssize_t rules = max(len(masker.names), 1)
+    buf_init(&ctx.a, PY_SSIZE_T_MAX)
+    buf_init(&ctx.b, PY_SSIZE_T_MAX)
+    ctx.counts = NULL
+    ctx.masked = 0
+    ctx.result = NULL
+    ctx.result_len = 0
+    # Reserved up front so that a result is never a NULL pointer, even when empty.
+    buf_reserve(&ctx.a, 256)
+    buf_reserve(&ctx.b, 256)
+    ctx.counts = <Py_ssize_t*>PyMem_Malloc(rules * sizeof(Py_ssize_t))
+    if ctx.counts == NULL:
+        raise MemoryError()
+    memset(ctx.counts, 0, rules * sizeof(Py_ssize_t))
+    return 0
+
+
+cdef void maskctx_free(MaskCtx* ctx) noexcept:
+    buf_free(&ctx.a)
+    buf_free(&ctx.b)
+    PyMem_Free(ctx.counts)
+    ctx.counts = NULL
+
+
+cdef class Masker:
+    """Rules compiled once; see the module docstring for what each rule does.
+
+    ``Masker(rules, hmac_key)``: ``rules`` is a list of dicts with ``name``, ``target``
+    ("value" | "key" | "header"), optional ``header`` (a header name), ``kind``
+    ("json_path" with ``path`` | "detector" with ``detector`` | "regex" with
+    ``pattern``), ``strategy`` ("redact" with optional ``placeholder`` | "partial"
+    with optional ``keep_last`` (4) | "hash" | "null"). Unknown or misplaced keys
+    are errors: a typo must not silently switch masking off.
+    """
+
+    def __init__(self, list rules, bytes hmac_key):
+        compiled = [_compile_rule(spec, index, hmac_key) for index, spec in enumerate(rules)]
+        self.names = tuple(spec["name"] for spec in rules)
+        self._key_rules = tuple(r for r, spec in zip(compiled, rules) if spec["target"] == "key")
+        self._value_rules = tuple(r for r, spec in zip(compiled, rules) if spec["target"] == "value")
+        self._header_rules = tuple(r for r, spec in zip(compiled, rules) if spec["target"] == "header")
+        self.has_key_rules = len(self._key_rules) > 0
+        self.has_value_rules = len(self._value_rules) > 0
+        self.has_header_rules = len(self._header_rules) > 0
+
+    cdef int mask_field(self, MaskCtx* ctx, int target, const unsigned char* header_key, Py_ssize_t header_key_len,
+                        const unsigned char* data, Py_ssize_t n) except -1:
+        """1 when the rules for target changed the field (ctx.result holds it), else 0."""
+        cdef tuple rules = (self._value_rules if target == TARGET_VALUE
+                            else self._key_rules if target == TARGET_KEY else self._header_rules)
+        cdef Rule rule
+        cdef Buf* dst
+        cdef bint flip = False, changed = False
+        ctx.result = data
+        ctx.result_len = n
+        for item in rules:
+            rule = <Rule>item
+            if target == TARGET_HEADER and rule.header is not None and (
+                    PyBytes_GET_SIZE(rule.header) != header_key_len
+                    or memcmp(PyBytes_AS_STRING(rule.header), header_key, header_key_len) != 0):
+                continue
+            dst = &ctx.b if flip else &ctx.a
+            if _apply_rule(rule, ctx, ctx.result, ctx.result_len, dst):
+                ctx.result = dst.data
+                ctx.result_len = dst.len
+                flip = not flip
+                changed = True
+        return changed
+
+    def apply(self, data, *, str target="value", str header=None):
+        """Mask one field outside a batch: (masked bytes, or data itself when unchanged; counts by rule name)."""
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {sorted(TARGETS)}")
+        cdef bytes field = bytes(data)
+        cdef bytes key = header.encode("utf-8") if header is not None else b""
+        cdef MaskCtx ctx
+        try:
+            maskctx_init(&ctx, self)
+            changed = self.mask_field(&ctx, TARGETS[target], <const unsigned char*>PyBytes_AS_STRING(key),
+                                      PyBytes_GET_SIZE(key), <const unsigned char*>PyBytes_AS_STRING(field),
+                                      PyBytes_GET_SIZE(field))
+            result = PyBytes_FromStringAndSize(<const char*>ctx.result, ctx.result_len) if changed else data
+            return result, counts_by_name(&ctx, self)
+        finally:
+            maskctx_free(&ctx)
+
+
+cdef dict counts_by_name(MaskCtx* ctx, Masker masker):
+    cdef dict counts = {}
+    for index, name in enumerate(masker.names):
+        if ctx.counts[index]:
+            counts[name] = counts.get(name, 0) + ctx.counts[index]
+    return counts

@@ -1,0 +1,385 @@
+"""The masking kernel on single fields: every detector with positives and near misses, every strategy,
+JSON paths, the orjson route, schema-registry framing, keys and headers, counts.
+
+Expected outputs are written out by hand (or computed with hmac/base64 for tokens), never by a second
+implementation of the kernel.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import random
+
+import orjson
+import pytest
+
+from _fastpath.mask import Masker
+
+KEY = b"k" * 32
+
+
+def rule(name="r", target="value", **fields) -> dict:
+    spec = {"name": name, "target": target, "strategy": "redact"}
+    spec.update(fields)
+    return spec
+
+
+def detector(kind: str, **fields) -> dict:
+    return rule(name=kind, kind="detector", detector=kind, **fields)
+
+
+def path(p: str, **fields) -> dict:
+    return rule(name=p, kind="json_path", path=p, **fields)
+
+
+def masked(rules: list[dict], data: bytes, **where) -> bytes:
+    return Masker(rules, KEY).apply(data, **where)[0]
+
+
+def token(data: bytes, key: bytes = KEY) -> str:
+    return base64.urlsafe_b64encode(hmac.new(key, data, hashlib.sha256).digest()[:16]).rstrip(b"=").decode()
+
+
+# --- detectors -----------------------------------------------------------------------------------------------
+
+POSITIVES = {
+    "card": [
+        "4111111111111111", "4111 1111 1111 1111", "4111-1111-1111-1111", "378282246310005", "3782 822463 10005",
+        "6011000990139424", "5555555555554444", "4222222222222", "6011 0009 9013 9420 007",
+    ],
+    "email": ["alice@example.com", "a.b+tag@mail.example.co.uk", "x_y-z%1@sub-domain.example.org"],
+    "iban": ["DE89 3704 0044 0532 0130 00", "DE89370400440532013000", "GB82WEST12345698765432", "NO9386011117947",
+             "fr1420041010050500013m02606"],
+    "ssn": ["123-45-6789", "078-05-1120", "899-99-9999"],
+    "phone": ["+14155550199", "+1 (415) 555-0199", "+44 20 7946 0958", "+49-151-1234-5678", "415-555-0199",
+              "415.555.0199", "(415) 555-0199", "(415)555-0199", "1-800-555-0199"],
+}
+
+NEAR_MISSES = {
+    "card": [
+        "4111111111111112",         # an order number: Luhn fails
+        "1732849200000",            # a millisecond timestamp: no card starts with 1
+        "0.4111111111111111",       # the fraction of a decimal number
+        "4111111111111111.25",      # the integer part of one
+        "41111111111111111113",     # 20 digits
+        "ID4111111111111111",       # glued to a word
+        "4111  1111 1111 1111",     # two separators in a row
+        "41 11 11 11 11 11 11 11",  # groups of 2
+        "123 4567",
+    ],
+    "email": ["alice@localhost", "user@host.c", "@example.com", "alice@", "not an email", "a@b@c"],
+    "iban": [
+        "DE88 3704 0044 0532 0130 00",  # check digits wrong
+        "DE89 3704 0044 0532 0130 01",  # a digit changed
+        "DE89370400440532013",          # too short for DE
+        "DE8937040044053201300012",     # too long for DE
+        "ZZ89370400440532013000",       # no such country
+        "XDE89370400440532013000",      # glued to a word
+    ],
+    "ssn": ["000-12-3456", "666-12-3456", "912-34-5678", "123-00-4567", "123-45-0000", "123456789", "1-123-45-6789",
+            "123-45-6789-0", "2024-11-29"],
+    "phone": ["+1234567", "+0123456789", "123-456-7890", "415-055-0199", "2024-11-29", "192.168.100.1", "v1.2.3",
+              "4155550199", "3+12345678", "+1234567890123456", "415-555-0199-22"],
+}
+
+
+@pytest.mark.parametrize(("kind", "text"), [(k, t) for k, ts in POSITIVES.items() for t in ts])
+def test_detector_finds_it_alone_and_in_text(kind, text):
+    m = Masker([detector(kind)], KEY)
+    assert m.apply(text.encode()) == (b"****", {kind: 1})
+    sentence = f"note: {text}, thanks".encode()
+    assert m.apply(sentence) == (b"note: ****, thanks", {kind: 1})
+
+
+@pytest.mark.parametrize(("kind", "text"), [(k, t) for k, ts in NEAR_MISSES.items() for t in ts])
+def test_detector_leaves_near_misses_alone(kind, text):
+    data = f"ref {text} end".encode()
+    result, counts = Masker([detector(kind)], KEY).apply(data)
+    assert result is data
+    assert counts == {}
+
+
+def test_detectors_find_every_occurrence_and_count_them():
+    data = b"a@example.com, b@example.org; c@example.net"
+    assert Masker([detector("email")], KEY).apply(data) == (b"****, ****; ****", {"email": 3})
+
+
+def test_overlapping_card_candidates_are_masked_as_one():
+    # "555 4111 1111 1111" could be a card too; whatever the split, no digit of the real card may survive.
+    result = masked([detector("card")], b"call 555 4111 1111 1111 1111")
+    assert b"4111" not in result and b"1111" not in result
+
+
+# --- strategies ----------------------------------------------------------------------------------------------
+
+def test_redact_uses_the_placeholder():
+    assert masked([detector("email", placeholder="[email]")], b"to bob@example.com") == b"to [email]"
+
+
+@pytest.mark.parametrize("placeholder", ['"', "a\\b", "tab\t"])
+def test_placeholder_that_would_break_json_is_refused(placeholder):
+    with pytest.raises(ValueError, match="placeholder"):
+        Masker([detector("email", placeholder=placeholder)], KEY)
+
+
+def test_partial_keeps_the_last_characters():
+    m = [detector("card", strategy="partial", keep_last=4)]
+    assert masked(m, b"5555555555554444") == b"************4444"
+    assert masked(m, b"card 4111-1111-1111-1111.") == b"card ***************1111."
+
+
+def test_partial_counts_characters_not_bytes_and_masks_short_values_whole():
+    m = [rule(kind="json_path", path="name", strategy="partial", keep_last=2)]
+    assert orjson.loads(masked(m, '{"name": "Zoë Åström"}'.encode())) == {"name": "********öm"}
+    assert orjson.loads(masked(m, b'{"name": "Al"}')) == {"name": "**"}
+
+
+def test_hash_is_deterministic_keyed_and_base64url():
+    m = [detector("email", strategy="hash")]
+    first = masked(m, b"from alice@example.com")
+    assert first == b"from " + token(b"alice@example.com").encode()
+    assert masked(m, b"alice@example.com") == token(b"alice@example.com").encode()
+    other = Masker(m, b"o" * 32).apply(b"alice@example.com")[0]
+    assert other == token(b"alice@example.com", b"o" * 32).encode() != first[5:]
+    assert len(first) - 5 == 22
+
+
+def test_hash_needs_a_real_key():
+    with pytest.raises(ValueError, match="hmac_key"):
+        Masker([detector("email", strategy="hash")], b"short")
+
+
+def test_null_in_json_text_and_whole_values():
+    m = [detector("email", strategy="null")]
+    assert orjson.loads(masked(m, b'{"e": "a@example.com", "f": "to a@example.com"}')) == {"e": None, "f": "to "}
+    assert masked(m, b"mail a@example.com now") == b"mail  now"
+    assert masked([path("a", strategy="null")], b"not json") == b""
+
+
+# --- JSON paths ----------------------------------------------------------------------------------------------
+
+DOC = {
+    "card": {"number": "4111111111111111", "cvv": 123},
+    "customer": {"home": {"email": "h@example.com", "tel": 1}, "work": {"email": "w@example.com"}, "x": 5},
+    "items": [{"iban": "DE89370400440532013000", "n": 1}, {"iban": None}, {"n": 2}, 7],
+    "note": "plain",
+}
+
+
+@pytest.mark.parametrize(("p", "expected_changes"), [
+    ("card.number", {("card", "number"): "****"}),
+    ("card.cvv", {("card", "cvv"): "****"}),
+    ("customer.*.email", {("customer", "home", "email"): "****", ("customer", "work", "email"): "****"}),
+    ("items[*].iban", {("items", 0, "iban"): "****"}),      # a null stays null, missing stays missing
+    ("card", {("card",): "****"}),                           # an object target is replaced whole
+    ("missing.path", {}),
+    ("note.deeper", {}),
+])
+def test_json_paths(p, expected_changes):
+    data = orjson.dumps(DOC, option=orjson.OPT_INDENT_2)
+    result, counts = Masker([path(p)], KEY).apply(data)
+    expected = orjson.loads(data)
+    for where, value in expected_changes.items():
+        node = expected
+        for step in where[:-1]:
+            node = node[step]
+        node[where[-1]] = value
+    assert orjson.loads(result) == expected
+    assert counts == ({p: len(expected_changes)} if expected_changes else {})
+    if not expected_changes:
+        assert result is data
+
+
+def test_top_level_and_nested_arrays():
+    data = b'[{"x": [[1, "a"], ["b"]]}, {"x": []}]'
+    assert orjson.loads(masked([path("[*].x[*][*]")], data)) == [{"x": [["****", "****"], ["****"]]}, {"x": []}]
+
+
+def test_numbers_become_strings_and_json_stays_valid():
+    data = b'{"n": 4111111111111111, "m": -12.5e3, "b": true, "z": null}'
+    out = masked([path("n", strategy="partial", keep_last=4), path("m", strategy="hash"), path("b"), path("z")], data)
+    assert orjson.loads(out) == {"n": "************1111", "m": token(b"-12.5e3"), "b": "****", "z": None}
+
+
+def test_duplicate_keys_are_all_masked():
+    data = b'{"a": {"b": "one"}, "a": {"b": "two"}}'
+    out = masked([path("a.b")], data)
+    assert out == b'{"a": {"b": "****"}, "a": {"b": "****"}}'
+
+
+def test_escaped_key_goes_through_orjson():
+    data = b'{"card": {"numb\\u0065r": "4111111111111111"}, "other": "x\\ny"}'
+    assert orjson.loads(masked([path("card.number")], data)) == {"card": {"number": "****"}, "other": "x\ny"}
+
+
+def test_escaped_target_string_is_hashed_by_its_decoded_value():
+    out = masked([path("e", strategy="hash")], b'{"e": "a\\u0040example.com"}')
+    assert orjson.loads(out) == {"e": token(b"a@example.com")}
+
+
+def test_deep_nesting_is_followed_and_deeper_still_fails_closed():
+    def doc(depth: int) -> bytes:
+        return b'{"skip": ' + b"[" * depth + b"1" + b"]" * depth + b', "card": {"number": "4111111111111111"}}'
+    assert orjson.loads(masked([path("card.number")], doc(300)))["card"] == {"number": "****"}
+    assert masked([path("card.number")], doc(600)) == b"****"
+
+
+@pytest.mark.parametrize("data", [b"plain text with no json", b"4111111111111111", b'{"card": ', b"{not json}",
+                                  b'{"a": 1} trailing'])
+def test_path_rule_on_non_json_masks_the_whole_value(data):
+    assert Masker([path("card.number")], KEY).apply(data) == (b"****", {"card.number": 1})
+
+
+def test_path_rule_on_empty_value_changes_nothing():
+    assert masked([path("a")], b"") == b""
+
+
+def test_detector_in_json_keeps_it_json():
+    data = b'{"n": 4111111111111111, "s": "card 4111 1111 1111 1111 ok", "k": {"a@example.com": 1}}'
+    out = masked([detector("card", strategy="partial", keep_last=4), detector("email")], data)
+    assert orjson.loads(out) == {"n": "************1111", "s": "card ***************1111 ok", "k": {"****": 1}}
+
+
+def test_unicode_escape_cannot_hide_a_card_from_a_detector():
+    data = b'{"s": "\\u0034111111111111111", "t": "ok"}'
+    out = masked([detector("card")], data)
+    assert orjson.loads(out) == {"s": "****", "t": "ok"}
+
+
+def test_regex_rule_inside_json_and_text():
+    m = [rule(kind="regex", pattern=r"ORD-\d{4}")]
+    assert masked(m, b"ref ORD-1234 and ORD-5678") == b"ref **** and ****"
+    assert orjson.loads(masked(m, b'{"o": "ORD-1234", "p": ["x ORD-9999"]}')) == {"o": "****", "p": ["x ****"]}
+    assert masked([rule(kind="regex", pattern="x*")], b"abc") == b"abc"     # empty matches are ignored
+
+
+def test_regex_crossing_json_structure_is_applied_per_string():
+    out = masked([rule(kind="regex", pattern=r'secret", "b')], b'{"a": "secret", "b": "secret"}')
+    assert orjson.loads(out) == {"a": "secret", "b": "secret"}
+
+
+# --- framing, keys, headers, order, counts -------------------------------------------------------------------
+
+FRAME = b"\x00\x00\x00\x01\x2c"
+
+
+def test_framed_binary_payload_keeps_header_and_lengths():
+    payload = b"\x02\x20" + b"4111111111111111" + b"\x10bob@example.com"
+    data = FRAME + payload
+    out = masked([detector("card"), detector("email", strategy="hash")], data)
+    assert out[:5] == FRAME
+    assert len(out) == len(data)
+    assert b"4111111111111111" not in out and b"bob@example.com" not in out
+    assert out[5:7] == b"\x02\x20"
+
+
+def test_framed_payload_under_a_path_rule_is_masked_whole():
+    data = FRAME + b'\x00{"card": {"number": "4111111111111111"}}'
+    assert Masker([path("card.number")], KEY).apply(data) == (FRAME + b"****", {"card.number": 1})
+
+
+def test_framed_json_schema_payload_is_scanned_as_json():
+    data = FRAME + b'{"n": 4111111111111111}'
+    assert masked([detector("card")], data) == FRAME + b'{"n": "****"}'
+
+
+def test_keys_and_headers():
+    m = Masker([
+        detector("email", target="key"),
+        rule(name="auth", target="header", header="authorization", kind="regex", pattern=".+"),
+        rule(name="any-header", target="header", kind="detector", detector="ssn"),
+    ], KEY)
+    assert m.apply(b"user a@example.com", target="key") == (b"user ****", {"email": 1})
+    assert m.apply(b"a@example.com") == (b"a@example.com", {})
+    assert m.apply(b"Bearer abc", target="header", header="authorization") == (b"****", {"auth": 1})
+    assert m.apply(b"Bearer abc", target="header", header="other") == (b"Bearer abc", {})
+    assert m.apply(b"ssn 123-45-6789", target="header", header="x") == (b"ssn ****", {"any-header": 1})
+
+
+def test_rules_run_in_order_on_each_others_output_and_count_by_name():
+    rules = [detector("card", strategy="partial", keep_last=4), path("customer.email"),
+             rule(name="card", kind="detector", detector="email")]
+    data = b'{"customer": {"email": "c@example.com"}, "cards": ["4111111111111111", "5555555555554444"]}'
+    result, counts = Masker(rules, KEY).apply(data)
+    assert orjson.loads(result) == {"customer": {"email": "****"},
+                                   "cards": ["************1111", "************4444"]}
+    assert counts == {"card": 2, "customer.email": 1}
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"name": "x", "target": "value", "kind": "detector", "detector": "card", "strategy": "redact", "extra": 1},
+     "unknown keys"),
+    (rule(kind="detector", detector="dna"), "detector"),
+    (rule(kind="json_path", path="a..b"), "empty segment"),
+    (rule(kind="json_path", path="a[0]"), "only names"),
+    (rule(kind="regex", pattern="("), "bad pattern"),
+    (rule(target="body", kind="detector", detector="card"), "target"),
+    (rule(header="h", kind="detector", detector="card"), "header"),
+    (rule(kind="detector", detector="card", path="a"), "does not apply"),
+    (rule(kind="detector", detector="card", keep_last=2), "keep_last"),
+    (rule(kind="detector", detector="card", strategy="shred"), "strategy"),
+])
+def test_bad_rules_are_refused(spec, message):
+    with pytest.raises(ValueError, match=message):
+        Masker([spec], KEY)
+
+
+def test_escaped_quotes_before_a_match_do_not_confuse_the_string_state():
+    data = b'{"a": "say \\"hi\\" \\\\", "n": 4111111111111111, "s": "x\\"4111111111111111"}'
+    out = masked([detector("card")], data)
+    assert orjson.loads(out) == {"a": 'say "hi" \\', "n": "****", "s": 'x"****'}
+
+
+# --- invariants on random documents --------------------------------------------------------------------------
+
+SECRETS = ["4111 1111 1111 1111", "5555555555554444", "bob@example.com", "DE89 3704 0044 0532 0130 00",
+           "123-45-6789", "+44 20 7946 0958"]
+EVERY_DETECTOR = [detector(kind, strategy=strategy) for kind, strategy in
+                  zip(POSITIVES, ["redact", "partial", "hash", "null", "redact"], strict=True)]
+
+
+def random_document(rng, depth: int = 0):
+    roll = rng.random()
+    if depth < 4 and roll < 0.25:
+        return {rng.choice(["a", "card", "b\"q", "é", "customer", rng.choice(SECRETS)]): random_document(rng, depth + 1)
+                for _ in range(rng.randint(0, 4))}
+    if depth < 4 and roll < 0.4:
+        return [random_document(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    if roll < 0.7:
+        # Detectors do not take a match glued to a word, so secrets get a separator.
+        return rng.choice(["", "plain", "tab\there", "quote \" and \\ slash", "ünïcode ✓"]) + \
+            rng.choice([" ", ": "]) + rng.choice(SECRETS + [""]) + rng.choice(["", ".", " end"])
+    return rng.choice([None, True, False, 0, -12.5, 4111111111111111, 5555555555554444, 1732849200000])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_masked_json_stays_json_and_keeps_no_secret(seed):
+    rng = random.Random(seed)
+    m = Masker(EVERY_DETECTOR + [path("customer.*.card", strategy="hash"), path("[*].a", strategy="null")], KEY)
+    for _ in range(25):
+        document = [random_document(rng)] if rng.random() < 0.5 else {"customer": random_document(rng)}
+        option = rng.choice([0, orjson.OPT_INDENT_2])
+        data = orjson.dumps(document, option=option)
+        if rng.random() < 0.3:
+            data = json.dumps(document, ensure_ascii=True).encode()    # \u escapes everywhere
+        out, _ = m.apply(data)
+        decoded = orjson.loads(out)
+        flat = orjson.dumps(decoded).decode()
+        for secret in SECRETS:
+            assert secret not in flat, (data, out)
+        assert str(4111111111111111) not in flat and str(5555555555554444) not in flat
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_bytes_never_raise(seed):
+    rng = random.Random(seed)
+    m = Masker(EVERY_DETECTOR + [path("a.b"), rule(name="re", kind="regex", pattern=r"\d{3}")], KEY)
+    alphabet = b'{}[]":,\\u0123456789 -+.@aeEDZ\x00\xff'
+    for _ in range(200):
+        data = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 80)))
+        for target in ("key", "value"):
+            out, counts = m.apply(data, target=target)
+            assert isinstance(out, bytes) and isinstance(counts, dict)
