@@ -142,6 +142,7 @@ class GatewayConfig:
     admin: AdminSettings = field(default_factory=AdminSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    masking_key: Secret | None = None  # HMAC key of the masking hash strategy (masking.hmac_key)
     workers: int = 0  # 0: one per core
     drain_timeout_s: float = 30.0
     log_level: str = "INFO"
@@ -398,8 +399,13 @@ def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -
     if root is None:
         raise ConfigError(f"{file}: empty config")
     top = _Node(file, root, "")
-    top.keys_allowed({"listen", "upstream", "limits", "admin", "auth", "policy", "workers", "drain_timeout_s",
-                      "log_level"})
+    top.keys_allowed({"listen", "upstream", "limits", "admin", "auth", "policy", "masking", "workers",
+                      "drain_timeout_s", "log_level"})
+    masking_key = None
+    masking_node = top.child("masking")
+    if masking_node is not None:
+        masking_node.keys_allowed({"hmac_key"})
+        masking_key = _secret(masking_node, "hmac_key", resolve_secrets)
 
     admin_node = top.child("admin")
     admin = AdminSettings()
@@ -425,6 +431,7 @@ def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -
         admin=admin,
         auth=_auth(top.child("auth")),
         policy=_policy(top.child("policy")),
+        masking_key=masking_key,
         workers=workers,
         drain_timeout_s=top.value("drain_timeout_s", float, 30.0),
         log_level=log_level,

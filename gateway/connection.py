@@ -35,7 +35,7 @@ from _fastpath import FrameError, FrameReader, WalkError
 from gateway.auth.principal import ANONYMOUS_SUBJECT, Principal
 from gateway.authz import Outcome, authorize
 from gateway.cluster import UnmappableNode
-from gateway.handlers import addresses, apiversions, sasl
+from gateway.handlers import addresses, apiversions, masking, sasl
 from gateway.policy.snapshot import ViewHolder
 from gateway.protocol import codec
 from gateway.protocol.apis import (
@@ -80,8 +80,16 @@ FixResponse = Callable[[dict[str, Any]], dict[str, Any]]
 _UNKNOWN_TOPIC_IDS = object()
 
 
+def _then(first: FixResponse | None, second: FixResponse | None) -> FixResponse | None:
+    """Both response fix-ups, in order (authorization first: masking sees only what may be read)."""
+    if first is None or second is None:
+        return first or second
+    return lambda body: second(first(body))
+
+
 class _RecordingTopicIds:
-    """The worker's topic id map, noting ids it could not name (so the worker can look them up once)."""
+    """The worker's topic id map, noting ids and names it does not know yet (so the worker can look them
+    up once before deciding: a topic created since the last look must not be taken for a missing one)."""
 
     def __init__(self, cluster: Any) -> None:
         self.cluster = cluster
@@ -94,7 +102,10 @@ class _RecordingTopicIds:
         return name
 
     def id_of(self, name: str) -> bytes | None:
-        return self.cluster.id_of(name)
+        topic_id = self.cluster.id_of(name)
+        if topic_id is None:
+            self.missed = True
+        return topic_id
 
 
 def _sessionless(frame: Any, version: int) -> bytes:
@@ -250,7 +261,7 @@ class ClientConnection(asyncio.Protocol):
                 expects_response = True
                 if api_key == PRODUCE or api_key == FETCH:
                     expects_response = self._check_data_request(frame, api_key, version)
-                outcome = self._authorize(frame, api_key, version)
+                outcome, body = self._authorize(frame, api_key, version)
                 if outcome is _UNKNOWN_TOPIC_IDS:
                     # Another worker's client learned these ids; ask the brokers once, then decide.
                     self._flush_forward(forward)
@@ -266,9 +277,12 @@ class ClientConnection(asyncio.Protocol):
                         continue
                     if outcome.forward is not None:
                         frame = self._reencode(frame, api_key, version, correlation_id, outcome.forward)
+                        body = outcome.forward
                     fix = outcome.fix_response
                 elif api_key == FETCH and version >= 7:
                     frame = _sessionless(frame, version)
+                if api_key == FETCH:
+                    fix = _then(fix, self._fetch_masking(body, version))
             except (Refusal, codec.DecodeError, WalkError) as exc:
                 self.close(f"refused api_key={api_key} v{version}: {exc}")
                 return
@@ -324,23 +338,29 @@ class ClientConnection(asyncio.Protocol):
             raise Refusal(f"Fetch with replica id {replica_id}: only consumers may fetch through the gateway")
         return True
 
-    def _authorize(self, frame: Any, api_key: int, version: int) -> Outcome | None | object:
-        """The policy's verdict on one request; None when it passes exactly as it came, _UNKNOWN_TOPIC_IDS
-        when it names topic ids this worker has not seen yet and may still look up."""
+    def _authorize(self, frame: Any, api_key: int, version: int) -> tuple[Outcome | None | object, dict]:
+        """The policy's verdict on one request, and the decoded request. The verdict is None when the
+        request passes exactly as it came, _UNKNOWN_TOPIC_IDS when it names topic ids this worker has
+        not seen yet and may still look up."""
         assert self.views is not None
         body = codec.decode_request(api_key, version, frame, codec.parse_request_header(frame)[4])
         topics = _RecordingTopicIds(self.ctx.cluster)
         outcome = authorize(api_key, version, body, self._decide, topics)
         if topics.missed and self.ctx.may_refresh_topics():
-            return _UNKNOWN_TOPIC_IDS
+            return _UNKNOWN_TOPIC_IDS, body
         if outcome.denied:
             self.ctx.denied_total += 1
             log.info("%s: denied %s: %s", self.peer, self.principal.describe() if self.principal else "-",
                      ", ".join(f"{op} {kind}:{name}" for kind, name, op in outcome.denied[:5]))
         if outcome.close is None and outcome.answer is None and outcome.forward is None and \
                 outcome.fix_response is None:
-            return None
-        return outcome
+            return None, body
+        return outcome, body
+
+    def _fetch_masking(self, body: dict[str, Any], version: int) -> FixResponse | None:
+        assert self.views is not None
+        return masking.fetch_masking(body, version, self.views.view(), self.ctx.policy.engine(), self.ctx.maskers,
+                                     self.ctx.cluster.name_of, self.ctx.config.limits.max_response_bytes, self.peer)
 
     def _decide(self, resource_type: str, name: str, operation: str) -> bool:
         assert self.views is not None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import secrets
 import select
 import signal
 import sys
@@ -49,6 +50,12 @@ class Supervisor:
         # Created before any fork: workers inherit the mapping and read snapshots without a syscall.
         self.policy_store = PolicyStore(config.policy.max_bytes)
         self.policy = PolicyWatcher(config.policy, self.policy_store)
+        # Masking's hash strategy must give every worker the same token for the same input.
+        if config.masking_key is not None:
+            self.masking_key = config.masking_key.reveal().encode()
+        else:
+            self.masking_key = secrets.token_bytes(32)
+            log.warning("no masking.hmac_key configured: hashed values change at every restart")
         self.next_policy_poll = 0.0
         self.workers: dict[int, int] = {}  # pid -> slot
         self.respawn_at: dict[int, float] = {}  # slot -> monotonic time of its next start
@@ -172,7 +179,7 @@ class Supervisor:
         os.close(self.wake_w)
         if self.admin is not None:
             self.admin.socket.close()
-        Worker(self.config, slot, self.stats, self.policy_store).run()
+        Worker(self.config, slot, self.stats, self.policy_store, self.masking_key).run()
 
     def _reap(self) -> None:
         while self.workers:

@@ -28,6 +28,7 @@ from gateway.cluster import ClusterView, UnmappableNode
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.connection import ClientConnection
 from gateway.handlers import apiversions
+from gateway.handlers.masking import MaskerCache
 from gateway.policy.snapshot import PolicyCache, PolicyStore
 from gateway.protocol.apis import API_VERSIONS, METADATA
 from gateway.stats import WorkerStats
@@ -54,6 +55,7 @@ class WorkerContext:
         self.config = config
         self.cluster = cluster
         self.policy = policy  # the supervisor's published snapshot, checked once per request
+        self.maskers = MaskerCache(b"")  # replaced by the Worker with the deployment's HMAC key
         self.versions: apiversions.VersionTable = {}  # forwarded (api_key -> version range)
         self.advertised: apiversions.VersionTable = {}  # what ApiVersions tells clients
         self.broker_api_versions: dict[str, Any] = {}  # the broker's own ApiVersions answer (features included)
@@ -90,9 +92,11 @@ class WorkerContext:
 
 
 class Worker:
-    def __init__(self, config: GatewayConfig, slot: int, stats: WorkerStats, policy_store: PolicyStore) -> None:
+    def __init__(self, config: GatewayConfig, slot: int, stats: WorkerStats, policy_store: PolicyStore,
+                 masking_key: bytes) -> None:
         self.config = config
         self.policy_store = policy_store
+        self.masking_key = masking_key
         self.slot = slot
         self.stats = stats
         self.ctx: WorkerContext | None = None
@@ -110,6 +114,7 @@ class Worker:
         self.ctx = WorkerContext(loop, self.config, ClusterView(self.config.listen, self._bind_node),
                                  PolicyCache(self.policy_store))
         self.ctx.discover = self._discover
+        self.ctx.maskers = MaskerCache(self.masking_key)
         loop.add_signal_handler(signal.SIGTERM, self._on_term)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -49,7 +49,7 @@ def test_masking_rules_load_and_compile_for_the_kernel(tmp_path):
     assert cards is not None and cards.source == f"{tmp_path}/a.yaml:9"
     assert [r["target"] for r in cards.kernel_rules()] == ["value", "key", "header"]
     assert cards.kernel_rules()[0] == {"name": "cards", "target": "value", "kind": "detector", "detector": "card",
-                                       "strategy": "partial", "keep_last": 4, "placeholder": "****"}
+                                       "strategy": "partial", "keep_last": 4}
 
 
 @pytest.mark.parametrize("masking,error", [

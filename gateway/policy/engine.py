@@ -113,6 +113,7 @@ class Engine:
 
     def __init__(self, policy_set: PolicySet) -> None:
         self.rules: dict[str, Rule] = {rule.name: rule for rule in policy_set.rules}
+        self.masking = {rule.name: rule for rule in policy_set.masking}  # masking rule definitions by name
         self._grants = [tuple(_grants(order, rule)) for order, rule in enumerate(policy_set.rules)]
         # Resource globs are compiled when a view first needs them (re.compile costs tens of
         # microseconds each, and most principals never touch most rules), then shared by every view.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from _fastpath.mask import Masker
 from gateway.config import ConfigError, _Node
 from gateway.policy.model import (
     ALL,
@@ -162,9 +163,15 @@ def _masking_rule(name: str, node: _Node) -> MaskingRule:
     header = node.value("header", str)
     if header is not None and "headers" not in targets:
         raise node.child("header").error("header needs 'headers' in targets")
-    return MaskingRule(name=name, kind=kind, spec=spec, strategy=strategy, keep_last=keep_last,
+    rule = MaskingRule(name=name, kind=kind, spec=spec, strategy=strategy, keep_last=keep_last,
                        placeholder=node.value("placeholder", str, "****"), targets=targets, header=header,
                        source=f"{node.file}:{node.node.start_mark.line + 1}")
+    try:
+        # Compiled once here so that a rule the kernel refuses is a load error, not a failed Fetch later.
+        Masker(rule.kernel_rules(), b"validation-only-key-32-bytes-long")
+    except ValueError as exc:
+        raise node.error(str(exc)) from None
+    return rule
 
 
 def _rule(node: _Node) -> tuple[Rule, _Node]:

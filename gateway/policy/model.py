@@ -137,8 +137,11 @@ class MaskingRule:
         rules = []
         for target in self.targets:
             rule: dict[str, Any] = {"name": self.name, "target": "header" if target == "headers" else target,
-                                    "kind": self.kind, spec_key: self.spec, "strategy": self.strategy,
-                                    "keep_last": self.keep_last, "placeholder": self.placeholder}
+                                    "kind": self.kind, spec_key: self.spec, "strategy": self.strategy}
+            if self.strategy == "partial":
+                rule["keep_last"] = self.keep_last
+            elif self.strategy == "redact":
+                rule["placeholder"] = self.placeholder
             if target == "headers" and self.header is not None:
                 rule["header"] = self.header
             rules.append(rule)
