@@ -142,6 +142,7 @@ class ClientConnection(asyncio.Protocol):
         self.deferred: list[tuple[Any, int, int, int]] | None = None  # frames waiting for a sign-in to finish
         self.principal: Principal | None = None
         self.views: ViewHolder | None = None  # the policy as it applies to this principal
+        self.fresh_topics = False  # set while handling frames right after a topic lookup made for them
         self.mechanism: str | None = None  # chosen by SaslHandshake, consumed by SaslAuthenticate
         self.expiry: asyncio.TimerHandle | None = None
         self.last_active = 0.0
@@ -265,7 +266,7 @@ class ClientConnection(asyncio.Protocol):
                 if outcome is _UNKNOWN_TOPIC_IDS:
                     # Another worker's client learned these ids; ask the brokers once, then decide.
                     self._flush_forward(forward)
-                    self._defer(frames[index:], self.ctx.refresh_topics())
+                    self._defer(frames[index:], self.ctx.refresh_topics(self.ctx.loop.time()), fresh_topics=True)
                     return
                 if outcome is not None:
                     if outcome.close is not None:
@@ -346,7 +347,7 @@ class ClientConnection(asyncio.Protocol):
         body = codec.decode_request(api_key, version, frame, codec.parse_request_header(frame)[4])
         topics = _RecordingTopicIds(self.ctx.cluster)
         outcome = authorize(api_key, version, body, self._decide, topics)
-        if topics.missed and self.ctx.may_refresh_topics():
+        if topics.missed and not self.fresh_topics:
             return _UNKNOWN_TOPIC_IDS, body
         if outcome.denied:
             self.ctx.denied_total += 1
@@ -405,8 +406,10 @@ class ClientConnection(asyncio.Protocol):
         elif self.transport is not None:
             self.transport.write(response)
 
-    def _defer(self, frames: list, step: Awaitable[Any]) -> None:
-        """Hold these frames (and whatever arrives) until an asynchronous step is done, then handle them."""
+    def _defer(self, frames: list, step: Awaitable[Any], fresh_topics: bool = False) -> None:
+        """Hold these frames (and whatever arrives) until an asynchronous step is done, then handle them.
+        With fresh_topics, the worker has just looked topics up: names and ids it still does not know are
+        missing, and are decided as such rather than looked up again."""
         self.deferred = list(frames)
         if self.transport is not None:
             self.transport.pause_reading()
@@ -418,7 +421,11 @@ class ClientConnection(asyncio.Protocol):
             deferred, self.deferred = self.deferred or [], None
             if self.transport is not None and not self.reading_paused_for_inflight:
                 self.transport.resume_reading()
-            self._handle(deferred)
+            self.fresh_topics = fresh_topics
+            try:
+                self._handle(deferred)
+            finally:
+                self.fresh_topics = False
 
         self.ctx.loop.create_task(run())
 

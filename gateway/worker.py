@@ -39,7 +39,7 @@ log = logging.getLogger("streamward.worker")
 DISCOVERY_INTERVAL_S = 10.0
 IDLE_SWEEP_INTERVAL_S = 5.0
 STATS_INTERVAL_S = 1.0
-TOPIC_REFRESH_INTERVAL_S = 1.0
+TOPIC_REFRESH_INTERVAL_S = 0.25  # on-demand topic lookups of one worker, at most 4 per second
 
 
 async def _never_discovered() -> bool:
@@ -72,16 +72,22 @@ class WorkerContext:
         self.topics_refreshed_at = -TOPIC_REFRESH_INTERVAL_S
         self._topic_refresh: asyncio.Task[bool] | None = None
 
-    def may_refresh_topics(self) -> bool:
-        """At most one on-demand topic lookup per second: ids still unknown after it are UNKNOWN_TOPIC_ID."""
-        return self.loop.time() - self.topics_refreshed_at >= TOPIC_REFRESH_INTERVAL_S
+    async def refresh_topics(self, requested_at: float) -> None:
+        """Return once a topic lookup that started after `requested_at` has finished.
 
-    async def refresh_topics(self) -> None:
-        """Single-flight: every connection waiting for topic ids shares one Metadata request."""
-        if self._topic_refresh is None or self._topic_refresh.done():
-            self.topics_refreshed_at = self.loop.time()
-            self._topic_refresh = self.loop.create_task(self.discover())
-        await asyncio.shield(self._topic_refresh)
+        A lookup already running may have started before the topic was created, so it does not count.
+        Waiting connections share one lookup (single-flight), and lookups start at most every
+        TOPIC_REFRESH_INTERVAL_S, however many requests name topics the worker does not know.
+        """
+        while self.topics_refreshed_at < requested_at:
+            if self._topic_refresh is None or self._topic_refresh.done():
+                wait = self.topics_refreshed_at + TOPIC_REFRESH_INTERVAL_S - self.loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                self.topics_refreshed_at = self.loop.time()
+                self._topic_refresh = self.loop.create_task(self.discover())
+            await asyncio.shield(self._topic_refresh)
 
     def connection_opened(self, connection: ClientConnection) -> None:
         self.connections.add(connection)
