@@ -6,6 +6,7 @@ value can be reported as ``gateway.yaml:12: upstream.sasl.mechanism: ...``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,8 +313,14 @@ def _limits(node: _Node | None) -> Limits:
     return Limits(**values)
 
 
-def _is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
+def is_loopback_host(host: str) -> bool:
+    """localhost or a loopback address (127.0.0.0/8, ::1); a name that merely starts with "127." is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _checked_url(node: _Node, key: str, required: bool) -> str | None:
@@ -324,7 +331,7 @@ def _checked_url(node: _Node, key: str, required: bool) -> str | None:
     parsed = urlparse(url)
     if parsed.scheme not in ("https", "http") or not parsed.hostname:
         raise node.error(f"{key} must be an http(s) URL, got {url!r}")
-    if parsed.scheme == "http" and not _is_loopback(parsed.hostname):
+    if parsed.scheme == "http" and not is_loopback_host(parsed.hostname):
         raise node.error(f"{key} must use https (http is allowed only for a loopback IdP)")
     return url.rstrip("/") if key == "issuer" else url
 

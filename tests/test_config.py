@@ -48,3 +48,20 @@ def test_secret_from_env_and_file_never_shows_in_repr(tmp_path, monkeypatch):
     config = load_config(write(tmp_path, UPSTREAM + "  sasl:\n    username: gw\n    password: {file: secret.txt}\n"))
     assert config.upstream.sasl.password.reveal() == "from-file-456"
     assert "from-file-456" not in repr(config)
+
+
+@pytest.mark.parametrize("issuer,accepted", [
+    ("http://127.0.0.1:9400", True),
+    ("http://localhost:9400", True),
+    ("http://[::1]:9400", True),
+    ("http://127.evil.example/realms/x", False),  # a name that starts like a loopback address is not one
+    ("http://idp.example.com", False),
+    ("https://idp.example.com/realms/x", True),
+])
+def test_idp_urls_need_https_unless_loopback(tmp_path, issuer, accepted):
+    text = UPSTREAM + f"auth:\n  oidc:\n    issuer: '{issuer}'\n    audience: streamward\n"
+    if accepted:
+        assert load_config(write(tmp_path, text)).auth.oidc.issuer == issuer.rstrip("/")
+    else:
+        with pytest.raises(ConfigError, match="must use https"):
+            load_config(write(tmp_path, text))

@@ -15,7 +15,6 @@ this module, never ``jku`` or ``x5u``.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
 import ssl
@@ -31,7 +30,7 @@ from typing import Any
 import orjson
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from gateway.config import ASYMMETRIC_ALGORITHMS, OidcSettings
+from gateway.config import ASYMMETRIC_ALGORITHMS, OidcSettings, is_loopback_host
 
 log = logging.getLogger("streamward.jwks")
 
@@ -90,17 +89,8 @@ def check_url(url: str, what: str) -> None:
     if parts.username is not None or parts.password is not None:
         # URLs are logged; credentials in them would leak.
         raise JwksError(f"{what} must not contain credentials")
-    if parts.scheme == "http" and not _is_loopback(host):
+    if parts.scheme == "http" and not is_loopback_host(host):
         raise JwksError(f"{what} {url!r} must use https (plain http is allowed only to a loopback host)")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
