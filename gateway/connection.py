@@ -9,12 +9,14 @@ States::
           +------ bad token, wrong request, token expiry, any error -----------------------> CLOSED
 
 Requests are cut by the Cython FrameReader, which also peeks api_key, version
-and correlation id. A request the gateway forwards unchanged is written upstream
-as the bytes it arrived as, batched per received chunk. Kafka answers requests
-on a connection in order, so an in-flight FIFO of (correlation id, api key,
-version, local answer) pairs each response with its request; answers the gateway
-makes itself wait in that FIFO for their turn so the client sees them in order.
-Only responses that must change (broker addresses) are decoded.
+and correlation id. Each request is decoded once and decided by the policy; one
+that passes unchanged is written upstream as the bytes it arrived as, batched
+per received chunk. Kafka answers requests on a connection in order, so an
+in-flight FIFO of (correlation id, api key, version, local answer, response
+fix-up) pairs each response with its request; answers the gateway makes itself
+wait in that FIFO for their turn so the client sees them in order. Only
+responses that must change (broker addresses, refused parts merged back, masked
+records) are decoded.
 
 Sign-in is asynchronous (a key may have to be fetched): while it runs, reading
 pauses and frames that already arrived wait in ``deferred``, so order holds.
@@ -60,9 +62,7 @@ log = logging.getLogger("streamward.connection")
 
 AUTHENTICATING, CONNECTING, READY, DRAINING, CLOSED = range(5)
 
-_INT16 = struct.Struct(">h")
 _INT32 = struct.Struct(">i")
-_REPLICA_STATE_TAG = 1  # FetchRequest v15+ top-level tagged field
 _NODE_ENDPOINTS_TAG = 0  # ProduceResponse v10+ and FetchResponse v16+ top-level tagged field
 
 # api_key -> (first version that needs it, rewrite(body, version, ctx) -> changed?)
@@ -106,6 +106,18 @@ class _RecordingTopicIds:
         if topic_id is None:
             self.missed = True
         return topic_id
+
+
+def _expects_response(api_key: int, version: int, body: dict[str, Any]) -> bool:
+    """Produce with acks=0 gets no response; a Fetch from anything but a consumer is refused outright."""
+    if api_key == PRODUCE:
+        return body["acks"] != 0
+    if api_key == FETCH:
+        # v15+ carries the replica id in the ReplicaState tagged field (-1 when absent)
+        replica_id = body["replica_id"] if version < 15 else body["replica_state"]["replica_id"]
+        if replica_id != -1:
+            raise Refusal(f"Fetch with replica id {replica_id}: only consumers may fetch through the gateway")
+    return True
 
 
 def _sessionless(frame: Any, version: int) -> bytes:
@@ -259,10 +271,9 @@ class ClientConnection(asyncio.Protocol):
                         return
                     self._answer(correlation_id, self._local_answer(frame, api_key, version, correlation_id))
                     continue
-                expects_response = True
-                if api_key == PRODUCE or api_key == FETCH:
-                    expects_response = self._check_data_request(frame, api_key, version)
-                outcome, body = self._authorize(frame, api_key, version)
+                body = codec.decode_request(api_key, version, frame, codec.parse_request_header(frame)[4])
+                expects_response = _expects_response(api_key, version, body)
+                outcome = self._authorize(api_key, version, body)
                 if outcome is _UNKNOWN_TOPIC_IDS:
                     # Another worker's client learned these ids; ask the brokers once, then decide.
                     self._flush_forward(forward)
@@ -278,7 +289,7 @@ class ClientConnection(asyncio.Protocol):
                         continue
                     if outcome.forward is not None:
                         frame = self._reencode(frame, api_key, version, correlation_id, outcome.forward)
-                        body = outcome.forward
+                        body = outcome.forward  # masking decides on what is actually fetched
                     fix = outcome.fix_response
                 elif api_key == FETCH and version >= 7:
                     frame = _sessionless(frame, version)
@@ -318,45 +329,22 @@ class ClientConnection(asyncio.Protocol):
         versions = self.ctx.advertised.get(api_key)
         return versions is not None and versions[0] <= version <= versions[1]
 
-    def _check_data_request(self, frame: Any, api_key: int, version: int) -> bool:
-        """Produce and Fetch: refuse replica fetches; learn whether a response will come (acks=0 has none).
-
-        The Cython walker finds the few fields needed in well under a microsecond; the
-        frame itself is forwarded as it arrived.
-        """
-        if api_key == PRODUCE:
-            plan = plan_for("request", PRODUCE, version, ("acks",))
-            return _INT16.unpack_from(frame, plan.walk(frame)[0])[0] != 0
-        if version < 15:
-            plan = plan_for("request", FETCH, version, ("replica_id",))
-            position = plan.walk(frame)[0]
-        else:
-            # v15+: the replica id moved into the ReplicaState tagged field (tag 1), whose first field it is.
-            plan = plan_for("request", FETCH, version)
-            position = plan.walk(frame)[plan.tag_base + _REPLICA_STATE_TAG]
-        replica_id = _INT32.unpack_from(frame, position)[0] if position >= 0 else -1
-        if replica_id != -1:
-            raise Refusal(f"Fetch with replica id {replica_id}: only consumers may fetch through the gateway")
-        return True
-
-    def _authorize(self, frame: Any, api_key: int, version: int) -> tuple[Outcome | None | object, dict]:
-        """The policy's verdict on one request, and the decoded request. The verdict is None when the
-        request passes exactly as it came, _UNKNOWN_TOPIC_IDS when it names topic ids this worker has
-        not seen yet and may still look up."""
+    def _authorize(self, api_key: int, version: int, body: dict[str, Any]) -> Outcome | None | object:
+        """The policy's verdict on one decoded request: None when it passes exactly as it came,
+        _UNKNOWN_TOPIC_IDS when it names topics this worker has not seen yet and may still look up."""
         assert self.views is not None
-        body = codec.decode_request(api_key, version, frame, codec.parse_request_header(frame)[4])
         topics = _RecordingTopicIds(self.ctx.cluster)
         outcome = authorize(api_key, version, body, self._decide, topics)
         if topics.missed and not self.fresh_topics:
-            return _UNKNOWN_TOPIC_IDS, body
+            return _UNKNOWN_TOPIC_IDS
         if outcome.denied:
             self.ctx.denied_total += 1
             log.info("%s: denied %s: %s", self.peer, self.principal.describe() if self.principal else "-",
                      ", ".join(f"{op} {kind}:{name}" for kind, name, op in outcome.denied[:5]))
         if outcome.close is None and outcome.answer is None and outcome.forward is None and \
                 outcome.fix_response is None:
-            return None, body
-        return outcome, body
+            return None
+        return outcome
 
     def _fetch_masking(self, body: dict[str, Any], version: int) -> FixResponse | None:
         assert self.views is not None
