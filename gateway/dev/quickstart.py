@@ -8,31 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.dev.idp import DevIdp
+from gateway.dev.idp import DevIdp, describe
 from gateway.dev.kafka import KafkaCluster, ensure_jars
 
 IDP_CONFIG = Path("examples/idp-clients.yaml")
 IDP_PORT = 9400  # the issuer examples/gateway.yaml trusts
 
 
-def client_settings(token_endpoint: str, client_id: str, secret: str) -> str:
+def gateway_settings(token_endpoint: str, client_id: str, secret: str) -> str:
+    """What only the gateway adds to the IdP's own client settings (printed by describe(idp))."""
     return f"""
-Sign in with the dev IdP (client {client_id!r}); every client uses its standard OAuth settings:
-
-  Java (Kafka 4.x) client.properties, and JVM flag
-    -Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={token_endpoint}
-      bootstrap.servers=127.0.0.1:9092
-      security.protocol=SASL_PLAINTEXT
-      sasl.mechanism=OAUTHBEARER
-      sasl.login.callback.handler.class=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginCallbackHandler
-      sasl.oauthbearer.token.endpoint.url={token_endpoint}
-      sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required \\
-          clientId="{client_id}" clientSecret="{secret}";
-
-  librdkafka / confluent-kafka
-      bootstrap.servers=127.0.0.1:9092 security.protocol=SASL_PLAINTEXT sasl.mechanisms=OAUTHBEARER
-      sasl.oauthbearer.method=oidc sasl.oauthbearer.client.id={client_id}
-      sasl.oauthbearer.client.secret={secret} sasl.oauthbearer.token.endpoint.url={token_endpoint}
+Through the gateway: bootstrap.servers=127.0.0.1:9092 with the IdP settings above.
 
   kcat (Debian's build has no OIDC: the token goes as a SASL/PLAIN password)
       TOKEN=$(curl -s -u {client_id}:{secret} -d grant_type=client_credentials {token_endpoint} \\
@@ -47,7 +33,7 @@ Sign in with the dev IdP (client {client_id!r}); every client uses its standard 
 
 The example policy (policies/example.yaml) lets {client_id} create, write and read topics under
 "sandbox." with consumer groups under "sandbox-"; everything else is denied. Try:
-      kcat ... -P -t sandbox.demo   and   kcat ... -C -t sandbox.demo -G sandbox-readers sandbox.demo
+      kcat ... -P -t sandbox.demo   and   kcat ... -C -t sandbox.demo
 Explain a decision:  streamward policy explain --principal {client_id} --groups etl --topic orders --op write
 """
 
@@ -72,7 +58,8 @@ def run_quickstart(config_path: str) -> int:
     first = idp.config.clients[0]
     print(f"\nStreamward is running: bootstrap 127.0.0.1:9092, health http://127.0.0.1:9100/healthz\n"
           f"Dev IdP: {idp.issuer} (clients in {IDP_CONFIG}). Kafka itself: {cluster.bootstrap} "
-          f"(SCRAM, gateway and admin only).\n" + client_settings(idp.token_endpoint, first.id, first.secret) +
+          f"(SCRAM, gateway and admin only).\n\n" + describe(idp) + "\n" +
+          gateway_settings(idp.token_endpoint, first.id, first.secret) +
           "\nCtrl-C stops everything.\n", flush=True)
     try:
         return gateway.wait()
