@@ -33,8 +33,11 @@ class GatewayProcess:
         self.workdir = workdir
         self.cluster = cluster
         self.workers = workers
-        self.port_base = port_base
-        self.admin_port = admin_port
+        # Several test sessions may share a machine (helpers, a CI check beside a session): each can move
+        # every gateway port it starts by the same amount.
+        shift = int(os.environ.get("STREAMWARD_TEST_PORT_SHIFT", "0"))
+        self.port_base = port_base + shift
+        self.admin_port = admin_port + shift
         self.password = cluster.passwords["gateway"] if password is None else password
         self.overrides = overrides or {}
         self.config_path = workdir / "gateway.yaml"
