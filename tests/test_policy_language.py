@@ -89,10 +89,11 @@ def test_a_rule_loads_with_every_resource_kind(tmp_path):
 
 def test_optional_keys_are_kept_in_the_model(tmp_path):
     text = rule(TOPIC_READ + "\npartitions: [1, 0, 1]\napproval: required\napprovers: ['group:approvers']"
-                "\nmax_duration: 1h30m\nmasking: [cards, emails]") + MASKING
+                "\nmax_duration: 1h30m\napprovals_required: 2\nmasking: [cards, emails]") + MASKING
     (loaded,) = load_policies(write(tmp_path, "a.yaml", text)).rules
     assert loaded.partitions == (0, 1)
     assert loaded.approval and loaded.approvers == ("group:approvers",) and loaded.max_duration_s == 5400
+    assert loaded.approvals_required == 2
     assert loaded.masking == ("cards", "emails")
 
 
@@ -152,6 +153,10 @@ def test_cluster_is_the_kafka_cluster_resource(tmp_path):
      "a.yaml:7: rules[0].max_duration: max_duration needs 'approval: required'"),
     (rule(TOPIC_READ + "\napproval: required\nmax_duration: 8 hours"),
      "a.yaml:8: rules[0].max_duration: a duration looks like 30m"),
+    (rule(TOPIC_READ + "\napprovals_required: 2"),
+     "a.yaml:7: rules[0].approvals_required: approvals_required needs 'approval: required'"),
+    (rule(TOPIC_READ + "\napproval: required\napprovals_required: 9"),
+     "a.yaml:8: rules[0].approvals_required: approvals_required is 1, 2 or 3 (distinct approvers), got '9'"),
     (rule(TOPIC_READ + "\napproval: yes please"), "a.yaml:7: rules[0].approval: approval takes one value"),
     (rule(TOPIC_READ + "\neffect: deny\napproval: required"),
      "a.yaml:8: rules[0].approval: approval applies only to allow rules"),

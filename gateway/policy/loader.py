@@ -39,7 +39,7 @@ from gateway.policy.model import (
 )
 
 RULE_KEYS = {"name", "subjects", "resources", "operations", "partitions", "effect", "approval", "approvers",
-             "max_duration", "masking"}
+             "max_duration", "approvals_required", "masking"}
 SUBJECT_KINDS = ("user", "group")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Only * and ? are wildcards; characters fnmatch or shells would read as classes or
@@ -217,6 +217,15 @@ def _rule(node: _Node) -> tuple[Rule, _Node]:
         if not approval:
             raise duration_node.error("max_duration needs 'approval: required'")
         max_duration_s = _duration(duration_node)
+    approvals_required = 1
+    count_node = node.child("approvals_required")
+    if count_node is not None:
+        if not approval:
+            raise count_node.error("approvals_required needs 'approval: required'")
+        text = _text(count_node)
+        if text not in ("1", "2", "3"):
+            raise count_node.error(f"approvals_required is 1, 2 or 3 (distinct approvers), got {text!r}")
+        approvals_required = int(text)
 
     masking: tuple[str, ...] = ()
     masking_node = node.child("masking")
@@ -230,7 +239,8 @@ def _rule(node: _Node) -> tuple[Rule, _Node]:
     rule = Rule(
         name=name, subjects=subjects, resources=resources, operations=operations, effect=effect,
         partitions=partitions, approval=approval, approvers=approvers, max_duration_s=max_duration_s,
-        masking=masking, source=f"{node.file}:{node.node.start_mark.line + 1}",
+        approvals_required=approvals_required, masking=masking,
+        source=f"{node.file}:{node.node.start_mark.line + 1}",
     )
     return rule, name_node
 

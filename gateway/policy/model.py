@@ -71,6 +71,7 @@ class Rule:
     approval: bool = False  # an allow that holds only once an approver grants it
     approvers: tuple[str, ...] = ()
     max_duration_s: int | None = None  # the longest grant an approver may give
+    approvals_required: int = 1  # distinct approvers needed before a grant starts (2: the two-person rule)
     masking: tuple[str, ...] = ()  # masking rule names applied to what this rule lets a client read
     source: str = ""  # "file:line" where the rule starts, for explanations
 
@@ -89,6 +90,7 @@ class Rule:
             "approval": self.approval,
             "approvers": list(self.approvers),
             "max_duration_s": self.max_duration_s,
+            "approvals_required": self.approvals_required,
             "masking": list(self.masking),
             "source": self.source,
         }
@@ -106,6 +108,7 @@ class Rule:
             approval=data["approval"],
             approvers=tuple(data["approvers"]),
             max_duration_s=data["max_duration_s"],
+            approvals_required=data.get("approvals_required", 1),
             masking=tuple(data["masking"]),
             source=data["source"],
         )
