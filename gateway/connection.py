@@ -37,7 +37,7 @@ from _fastpath import FrameError, FrameReader, WalkError
 from gateway.auth.principal import ANONYMOUS_SUBJECT, Principal
 from gateway.authz import Outcome, authorize
 from gateway.cluster import UnmappableNode
-from gateway.handlers import addresses, apiversions, masking, sasl
+from gateway.handlers import addresses, apiversions, masking, produce_masking, sasl
 from gateway.policy.snapshot import ViewHolder
 from gateway.protocol import codec
 from gateway.protocol.apis import (
@@ -295,6 +295,25 @@ class ClientConnection(asyncio.Protocol):
                     frame = _sessionless(frame, version)
                 if api_key == FETCH:
                     fix = _then(fix, self._fetch_masking(body, version))
+                elif api_key == PRODUCE and self.ctx.policy.engine().masks_on_produce:
+                    produced = self._produce_masking(body, version)
+                    if produced is not None:
+                        # Ours first: the authorization fix-up then finds every topic it expects.
+                        fix = _then(produced.fix_response(version), fix)
+                        if not produced.anything_left:
+                            if not expects_response:
+                                raise Refusal("produce refused by masking rules (acks=0)")
+                            assert fix is not None  # something was refused, so there is a fix-up
+                            self._answer(correlation_id, codec.encode_response_frame(
+                                api_key, version, correlation_id, fix(produced.answer(version))))
+                            continue
+                        if produced.changed:
+                            frame = self._reencode(frame, api_key, version, correlation_id, produced.body)
+                        if produced.refused and not expects_response:
+                            # As Kafka: append what passed, then close, as no response can carry the error.
+                            forward.append(frame)
+                            self._flush_forward(forward)
+                            raise Refusal("produce partly refused by masking rules (acks=0)")
             except (Refusal, codec.DecodeError, WalkError) as exc:
                 self.close(f"refused api_key={api_key} v{version}: {exc}")
                 return
@@ -350,6 +369,12 @@ class ClientConnection(asyncio.Protocol):
         assert self.views is not None
         return masking.fetch_masking(body, version, self.views.view(), self.ctx.policy.engine(), self.ctx.maskers,
                                      self.ctx.cluster.name_of, self.ctx.config.limits.max_response_bytes, self.peer)
+
+    def _produce_masking(self, body: dict[str, Any], version: int) -> produce_masking.ProduceMasking | None:
+        assert self.views is not None
+        return produce_masking.produce_masking(body, version, self.views.view(), self.ctx.policy.engine(),
+                                               self.ctx.maskers, self.ctx.cluster.name_of,
+                                               self.ctx.config.limits.max_request_bytes, self.peer)
 
     def _decide(self, resource_type: str, name: str, operation: str) -> bool:
         assert self.views is not None

@@ -114,6 +114,8 @@ class Engine:
     def __init__(self, policy_set: PolicySet) -> None:
         self.rules: dict[str, Rule] = {rule.name: rule for rule in policy_set.rules}
         self.masking = {rule.name: rule for rule in policy_set.masking}  # masking rule definitions by name
+        # Produce requests are looked at for masking only when some rule says what to do on produce.
+        self.masks_on_produce = any(rule.on_produce is not None for rule in policy_set.masking)
         self._grants = [tuple(_grants(order, rule)) for order, rule in enumerate(policy_set.rules)]
         # Resource globs are compiled when a view first needs them (re.compile costs tens of
         # microseconds each, and most principals never touch most rules), then shared by every view.

@@ -25,6 +25,7 @@ from gateway.policy.model import (
     GLOB,
     MASKING_DETECTORS,
     MASKING_KINDS,
+    MASKING_ON_PRODUCE,
     MASKING_STRATEGIES,
     MASKING_TARGETS,
     OPERATIONS,
@@ -138,7 +139,8 @@ def _masking_rule(name: str, node: _Node) -> MaskingRule:
     """One `masking:` entry: exactly one of detector, path or pattern, and how to mask what it finds."""
     if not _NAME.fullmatch(name):
         raise node.error(f"masking rule name {name!r} must be letters, digits, '.', '_' or '-'")
-    node.keys_allowed({"detector", "path", "pattern", "strategy", "keep_last", "placeholder", "targets", "header"})
+    node.keys_allowed({"detector", "path", "pattern", "strategy", "keep_last", "placeholder", "targets", "header",
+                       "on_produce"})
     given = [key for key in MASKING_KINDS if node.child(key) is not None]
     if len(given) != 1:
         raise node.error("give exactly one of detector, path or pattern")
@@ -163,9 +165,12 @@ def _masking_rule(name: str, node: _Node) -> MaskingRule:
     header = node.value("header", str)
     if header is not None and "headers" not in targets:
         raise node.child("header").error("header needs 'headers' in targets")
+    on_produce = node.value("on_produce", str)
+    if on_produce is not None and on_produce not in MASKING_ON_PRODUCE:
+        raise node.child("on_produce").error(f"on_produce must be one of {', '.join(MASKING_ON_PRODUCE)}")
     rule = MaskingRule(name=name, kind=kind, spec=spec, strategy=strategy, keep_last=keep_last,
                        placeholder=node.value("placeholder", str, "****"), targets=targets, header=header,
-                       source=f"{node.file}:{node.node.start_mark.line + 1}")
+                       on_produce=on_produce, source=f"{node.file}:{node.node.start_mark.line + 1}")
     try:
         # Compiled once here so that a rule the kernel refuses is a load error, not a failed Fetch later.
         Masker(rule.kernel_rules(), b"validation-only-key-32-bytes-long")

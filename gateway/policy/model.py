@@ -118,6 +118,7 @@ MASKING_KINDS = {"detector": "detector", "path": "json_path", "pattern": "regex"
 MASKING_DETECTORS = ("card", "email", "iban", "ssn", "phone")
 MASKING_STRATEGIES = ("redact", "partial", "hash", "null")
 MASKING_TARGETS = ("value", "key", "headers")
+MASKING_ON_PRODUCE = ("mask", "reject")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +133,9 @@ class MaskingRule:
     placeholder: str = "****"  # redact
     targets: tuple[str, ...] = ("value",)
     header: str | None = None  # only this header (headers target); None: every header
+    # What happens to records a client produces through a rule naming this masking rule: None, they are
+    # stored as sent (masked only for readers); "mask", stored masked; "reject", refused with INVALID_RECORD.
+    on_produce: str | None = None
     source: str = ""
 
     def kernel_rules(self) -> list[dict[str, Any]]:
@@ -153,7 +157,7 @@ class MaskingRule:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "spec": self.spec, "strategy": self.strategy,
                 "keep_last": self.keep_last, "placeholder": self.placeholder, "targets": list(self.targets),
-                "header": self.header, "source": self.source}
+                "header": self.header, "on_produce": self.on_produce, "source": self.source}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MaskingRule:
