@@ -228,6 +228,15 @@ class Supervisor:
             lines.append(f"# TYPE streamward_{field} {kind}")
             for slot in range(self.slots):
                 lines.append(f'streamward_{field}{{worker="{slot}"}} {self.stats.read(slot)[field]}')
+        labelled = [self.stats.read_labelled(slot) for slot in range(self.slots)]
+        lines.append("# HELP streamward_masked_fields_total Fields masked, per topic and masking rule "
+                     "(Fetch and Produce).")
+        lines.append("# TYPE streamward_masked_fields_total counter")
+        for slot, counters in enumerate(labelled):
+            for key, count in sorted(counters.get("masked_fields_total", {}).items()):
+                topic, _, rule = key.rpartition("/")
+                lines.append(f'streamward_masked_fields_total{{worker="{slot}",topic="{_label(topic)}",'
+                             f'rule="{_label(rule)}"}} {count}')
         return "\n".join(lines) + "\n"
 
     def _start_admin(self) -> None:
@@ -261,6 +270,11 @@ class Supervisor:
         self.admin.daemon_threads = True
         threading.Thread(target=self.admin.serve_forever, name="admin-http", daemon=True).start()
         log.info("admin HTTP on http://%s:%d (/healthz, /metrics)", self.config.admin.host, self.config.admin.port)
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, quote and newline escaped (topic names are client-chosen)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def configure_logging(level: str) -> None:

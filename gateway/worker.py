@@ -304,3 +304,5 @@ class Worker:
                          refused_total=ctx.refused_total, denied_total=ctx.denied_total,
                          upstream_connects_total=ctx.upstream_connects_total,
                          auth_failures_total=ctx.auth_failures_total, heartbeat_ms=int(time.time() * 1000))
+        if ctx.maskers.counts:
+            self.stats.write_labelled(self.slot, {"masked_fields_total": dict(ctx.maskers.counts)})

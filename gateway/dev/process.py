@@ -118,6 +118,10 @@ class GatewayProcess:
         except urllib.error.HTTPError as exc:
             return json.loads(exc.read())
 
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=2) as response:
+            return response.read().decode()
+
     def worker_pids(self) -> list[int]:
         return [w["pid"] for w in self.health()["workers"] if w["pid"]]
 
