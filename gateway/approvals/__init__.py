@@ -1,0 +1,14 @@
+"""Just-in-time approval: access requests, approvers' decisions, and the time-boxed grants they start.
+
+model     requests, approvals and grants as data, and their JSON
+store     the Store protocol, the SQL shared by both databases, SqliteStore (one node)
+postgres  PostgresStore (several nodes, LISTEN/NOTIFY); imported on its own, as it needs psycopg
+service   ApprovalService: the rules of approval, over a Store, the current policy and a clock
+"""
+
+from gateway.approvals.model import AccessRequest, Approval, Grant, Resource
+from gateway.approvals.service import ApprovalError, ApprovalService
+from gateway.approvals.store import SqliteStore, Store
+
+__all__ = ["AccessRequest", "ApprovalError", "ApprovalService", "Approval", "Grant", "Resource", "SqliteStore",
+           "Store"]
