@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--op", required=True, help="read, write, create, delete, alter, describe, ...")
     explain.add_argument("--partition", type=int)
 
+    _add_approvals_commands(commands)
+
     dev = commands.add_parser("dev", help="development helpers")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True)
     dev_commands.add_parser("kafka", help="run a local Kafka cluster (see `streamward dev kafka -h`)", add_help=False)
@@ -70,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
                             partition=args.partition)
     if args.command == "whoami":
         return _whoami(args.config, args.token)
+    if args.command in ("access", "approvals"):
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        from gateway.approvals.client import run as run_approvals_command
+
+        return run_approvals_command(args)
     if args.dev_command == "idp":
         from gateway.dev.idp import main as idp_main
 
@@ -83,6 +91,44 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.dev.quickstart import run_quickstart
 
     return run_quickstart(args.config)
+
+
+def _add_approvals_commands(commands: argparse._SubParsersAction) -> None:
+    """`access request` (ask for just-in-time access) and `approvals …` (decide and revoke), over the admin API."""
+    # Only the option helper is imported here: the client's HTTP code loads when one of these commands runs.
+    from gateway.approvals.client import add_common_options
+
+    access = commands.add_parser("access", help="ask for just-in-time access through the gateway admin API")
+    access_commands = access.add_subparsers(dest="access_command", required=True)
+    request = access_commands.add_parser("request", help="ask for access to resources for a while")
+    request.add_argument("--topic", action="append", help="a topic (repeat for several)")
+    request.add_argument("--group", action="append", help="a consumer group (repeat for several)")
+    request.add_argument("--transactional-id", action="append", help="a transactional id (repeat for several)")
+    request.add_argument("--op", action="append", required=True, help="read, write, describe, ... (repeatable)")
+    request.add_argument("--duration", help="how long: 90s, 30m, 2h, 1d, 1h30m (default: the rule's max_duration)")
+    request.add_argument("--reason", required=True, help="why: approvers see it")
+    add_common_options(request)
+
+    approvals = commands.add_parser("approvals", help="list, approve, deny and revoke access requests and grants")
+    approvals_commands = approvals.add_subparsers(dest="approvals_command", required=True)
+    listing = approvals_commands.add_parser("list", help="access requests you made or may decide")
+    listing.add_argument("--status", choices=["pending", "approved", "denied", "cancelled", "all"],
+                         default="pending", help="default: pending")
+    show = approvals_commands.add_parser("show", help="one access request")
+    show.add_argument("id", help="the request id (req_...)")
+    approve = approvals_commands.add_parser("approve", help="approve a pending access request")
+    approve.add_argument("id", help="the request id (req_...)")
+    approve.add_argument("--duration", help="grant for less time than asked: 90s, 30m, 2h, 1d, 1h30m")
+    deny = approvals_commands.add_parser("deny", help="deny a pending access request")
+    deny.add_argument("id", help="the request id (req_...)")
+    deny.add_argument("--reason", required=True, help="why: the requester sees it")
+    revoke = approvals_commands.add_parser("revoke", help="end a grant now")
+    revoke.add_argument("grant_id", help="the grant id (grt_...)")
+    revoke.add_argument("--reason")
+    grants = approvals_commands.add_parser("grants", help="grants you hold or may decide (active ones by default)")
+    grants.add_argument("--all", action="store_true", help="expired and revoked grants too")
+    for parser in (listing, show, approve, deny, revoke, grants):
+        add_common_options(parser)
 
 
 def _whoami(config_path: str, token: str) -> int:

@@ -129,6 +129,30 @@ class PolicySettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    url: str
+    secret: Secret  # HMAC-SHA256 key of the X-Streamward-Signature header
+    format: str = "generic"  # "generic" JSON event, or "slack" (a {"text": ...} message)
+
+
+@dataclass(frozen=True)
+class ApprovalSettings:
+    # Where requests and grants live: "sqlite" (a file in data_dir) or a postgresql:// URL (several
+    # gateway nodes sharing grants; changes announced with LISTEN/NOTIFY).
+    store: str = "sqlite"
+    database_url: Secret | None = None  # the PostgreSQL URL (it may hold a password)
+    data_dir: Path = Path("data")
+    webhooks: tuple[WebhookSettings, ...] = ()
+    webhook_attempts: int = 6  # deliveries tried per event and webhook before it is logged as failed
+    webhook_backoff_s: float = 0.5  # the first retry's wait; doubled each time, capped at 30 s
+    default_duration_s: int = 3600  # a grant's length when neither the request nor the rule says
+    # Where "now" comes from for grants: "system", or "file:PATH" (tests drive expiry with a fake clock).
+    clock: str = "system"
+    check_interval_s: float = 0.1  # how often workers look for grants that ended (revoked or expired)
+    max_bytes: int = 4 * 1024 * 1024  # shared-memory room for the table of active grants
+
+
+@dataclass(frozen=True)
 class AdminSettings:
     host: str = "127.0.0.1"
     port: int = 9100
@@ -144,6 +168,7 @@ class GatewayConfig:
     auth: AuthSettings = field(default_factory=AuthSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     masking_key: Secret | None = None  # HMAC key of the masking hash strategy (masking.hmac_key)
+    approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
     workers: int = 0  # 0: one per core
     drain_timeout_s: float = 30.0
     log_level: str = "INFO"
@@ -392,6 +417,59 @@ def _policy(node: _Node | None) -> PolicySettings:
     return PolicySettings(path, interval, max_bytes)
 
 
+def _approvals(node: _Node | None, top: _Node, resolve_secrets: bool) -> ApprovalSettings:
+    """Relative data_dir is relative to the config file, as the policy path is."""
+    defaults = ApprovalSettings()
+    if node is None:
+        return ApprovalSettings(data_dir=Path(top.file).parent / defaults.data_dir)
+    node.keys_allowed({"store", "database_url", "data_dir", "webhooks", "webhook_attempts", "webhook_backoff_s",
+                       "default_duration_s", "clock", "check_interval_s", "max_bytes"})
+    store = node.value("store", str, "sqlite")
+    if store not in ("sqlite", "postgresql"):
+        raise node.child("store").error("store is sqlite or postgresql")
+    database_url = None
+    if store == "postgresql":
+        database_url = _secret(node, "database_url", resolve_secrets)
+        if resolve_secrets and not database_url.reveal().startswith(("postgresql://", "postgres://")):
+            raise node.child("database_url").error("database_url must be a postgresql:// URL")
+    elif node.child("database_url") is not None:
+        raise node.child("database_url").error("database_url needs 'store: postgresql'")
+    data_dir = Path(node.value("data_dir", str, str(defaults.data_dir)))
+    if not data_dir.is_absolute():
+        data_dir = Path(node.file).parent / data_dir
+    webhooks = []
+    hooks_node = node.child("webhooks")
+    if hooks_node is not None:
+        if not isinstance(hooks_node.node, yaml.SequenceNode):
+            raise hooks_node.error("webhooks is a list of {url, secret, format}")
+        for index, item in enumerate(hooks_node.node.value):
+            hook = _Node(hooks_node.file, item, f"{hooks_node.key}[{index}]")
+            hook.keys_allowed({"url", "secret", "format"})
+            url = hook.value("url", str, required=True)
+            if not url.startswith("https://") and not (url.startswith("http://") and
+                                                        is_loopback_host(urlparse(url).hostname or "")):
+                raise hook.child("url").error("a webhook URL must be https (http only to a loopback host)")
+            fmt = hook.value("format", str, "generic")
+            if fmt not in ("generic", "slack"):
+                raise hook.child("format").error("format is generic or slack")
+            webhooks.append(WebhookSettings(url, _secret(hook, "secret", resolve_secrets), fmt))
+    attempts = node.value("webhook_attempts", int, defaults.webhook_attempts)
+    backoff = node.value("webhook_backoff_s", float, defaults.webhook_backoff_s)
+    if not 1 <= attempts <= 20 or not 0 < backoff <= 60:
+        raise node.error("webhook_attempts must be 1 to 20 and webhook_backoff_s in (0, 60]")
+    duration = node.value("default_duration_s", int, defaults.default_duration_s)
+    clock = node.value("clock", str, "system")
+    if clock != "system" and not (clock.startswith("file:") and len(clock) > 5):
+        raise node.child("clock").error("clock is system or file:PATH (tests only)")
+    interval = node.value("check_interval_s", float, defaults.check_interval_s)
+    max_bytes = node.value("max_bytes", int, defaults.max_bytes)
+    if duration <= 0 or not 0 < interval <= 0.5 or max_bytes < 4096:
+        raise node.error("default_duration_s must be positive, check_interval_s in (0, 0.5] (a grant that ends "
+                         "must end connections within a second) and max_bytes at least 4096")
+    return ApprovalSettings(store, database_url, data_dir, tuple(webhooks), attempts, backoff, duration, clock,
+                            interval, max_bytes)
+
+
 def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -> GatewayConfig:
     """Read and validate a gateway config file; raise ConfigError naming file, line and key."""
     file = str(path)
@@ -406,7 +484,7 @@ def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -
     if root is None:
         raise ConfigError(f"{file}: empty config")
     top = _Node(file, root, "")
-    top.keys_allowed({"listen", "upstream", "limits", "admin", "auth", "policy", "masking", "workers",
+    top.keys_allowed({"listen", "upstream", "limits", "admin", "auth", "policy", "masking", "approvals", "workers",
                       "drain_timeout_s", "log_level"})
     masking_key = None
     masking_node = top.child("masking")
@@ -439,6 +517,7 @@ def load_config(path: str | os.PathLike[str], *, resolve_secrets: bool = True) -
         auth=_auth(top.child("auth")),
         policy=_policy(top.child("policy")),
         masking_key=masking_key,
+        approvals=_approvals(top.child("approvals"), top, resolve_secrets),
         workers=workers,
         drain_timeout_s=top.value("drain_timeout_s", float, 30.0),
         log_level=log_level,

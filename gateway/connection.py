@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from _fastpath import FrameError, FrameReader, WalkError
+from gateway.approvals import access
 from gateway.auth.principal import ANONYMOUS_SUBJECT, Principal
 from gateway.authz import Outcome, authorize
 from gateway.cluster import UnmappableNode
@@ -147,8 +148,11 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.upstream: Upstream | None = None
         self.requests = FrameReader(ctx.config.limits.pre_auth_max_bytes, True)
-        # (correlation id, api key, version, gateway-made answer or None, response fix-up or None)
-        self.inflight: deque[tuple[int, int, int, bytes | None, FixResponse | None]] = deque()
+        # (correlation id, api key, version, gateway-made answer or None, response fix-up or None,
+        #  ids of the access grants the request was allowed by, or None)
+        self.inflight: deque[tuple[int, int, int, bytes | None, FixResponse | None, tuple[str, ...] | None]] = deque()
+        self.grants_used: dict[str, float] = {}  # access grants this connection relied on: id -> expires_at
+        self.request_grants: list[str] = []  # the grants the request being decided relies on
         self.pending: list[bytes] = []  # chunks received while the upstream opens (sign-in switched off)
         self.pending_bytes = 0
         self.deferred: list[tuple[Any, int, int, int]] | None = None  # frames waiting for a sign-in to finish
@@ -263,6 +267,7 @@ class ClientConnection(asyncio.Protocol):
         for index, (frame, api_key, version, correlation_id) in enumerate(frames):
             versions = allowed.get(api_key)
             fix = None
+            self.request_grants = []
             try:
                 if versions is None or not versions[0] <= version <= versions[1]:
                     if api_key == SASL_AUTHENTICATE and self.mechanism is not None:
@@ -318,7 +323,8 @@ class ClientConnection(asyncio.Protocol):
                 self.close(f"refused api_key={api_key} v{version}: {exc}")
                 return
             if expects_response:
-                inflight.append((correlation_id, api_key, version, None, fix))
+                inflight.append((correlation_id, api_key, version, None, fix,
+                                 tuple(self.request_grants) if self.request_grants else None))
             forward.append(frame)
         self._flush_forward(forward)
         if len(inflight) >= self.ctx.config.limits.max_inflight and self.transport is not None:
@@ -360,6 +366,8 @@ class ClientConnection(asyncio.Protocol):
             self.ctx.denied_total += 1
             log.info("%s: denied %s: %s", self.peer, self.principal.describe() if self.principal else "-",
                      ", ".join(f"{op} {kind}:{name}" for kind, name, op in outcome.denied[:5]))
+            if self.ctx.access is not None:
+                self._want_access(outcome.denied)
         if outcome.close is None and outcome.answer is None and outcome.forward is None and \
                 outcome.fix_response is None:
             return None
@@ -378,7 +386,49 @@ class ClientConnection(asyncio.Protocol):
 
     def _decide(self, resource_type: str, name: str, operation: str) -> bool:
         assert self.views is not None
-        return self.views.view().decide(resource_type, name, operation).allowed
+        decision = self.views.view().decide(resource_type, name, operation)
+        if decision.allowed:
+            return True
+        if decision.approval_required and self.ctx.grants is not None:
+            grant = self.ctx.grants.find(self.views.subject, resource_type, name, operation, self.ctx.clock.now())
+            if grant is not None:
+                self.request_grants.append(grant.id)
+                if grant.id not in self.grants_used:
+                    self.grants_used[grant.id] = grant.expires_at
+                    self.ctx.granted_connections.add(self)
+                    log.info("%s: %s uses access grant %s for %s on %s %s", self.peer, self.views.subject,
+                             grant.id, operation, resource_type, name)
+                return True
+        return False
+
+    def _want_access(self, denied: list[tuple[str, str, str]]) -> None:
+        """Refusals an approver could lift become (deduplicated) pending access requests."""
+        assert self.views is not None and self.ctx.access is not None
+        view = self.views.view()
+        for resource_type, name, operation in denied:
+            decision = view.decide(resource_type, name, operation)
+            if not decision.approval_required or decision.rule is None:
+                continue
+            rule = self.ctx.policy.engine().rules.get(decision.rule)
+            operations = access.operations_to_request(operation, rule.operations if rule else ())
+            client_id = self.principal.client_id if self.principal else None
+            self.ctx.access.want(self.views.subject, self.views.groups, resource_type, name, operations,
+                                 decision.rule, f"{self.peer} client_id={client_id}")
+
+    def _ended_grant(self, grants: tuple[str, ...]) -> str | None:
+        """The first of these grants that is no longer in force (revoked, expired), or None."""
+        table = self.ctx.grants
+        if table is None:
+            return grants[0]
+        table.refresh()
+        now = self.ctx.clock.now()
+        return next((grant for grant in grants if not table.active(grant, now)), None)
+
+    def check_grants(self) -> None:
+        """Close the connection if any grant it relied on has ended (called by the worker's grant watch)."""
+        ended = self._ended_grant(tuple(self.grants_used))
+        if ended is not None:
+            self.close(f"access grant {ended} ended")
 
     def _reencode(self, frame: Any, api_key: int, version: int, correlation_id: int, body: dict[str, Any]) -> bytes:
         client_id = codec.parse_request_header(frame)[3]
@@ -415,7 +465,7 @@ class ClientConnection(asyncio.Protocol):
     def _answer(self, correlation_id: int, response: bytes) -> None:
         """Send a gateway-made response now, or after the responses the client is still waiting for."""
         if self.inflight:
-            self.inflight.append((correlation_id, -1, -1, response, None))
+            self.inflight.append((correlation_id, -1, -1, response, None, None))
         elif self.transport is not None:
             self.transport.write(response)
 
@@ -506,10 +556,16 @@ class ClientConnection(asyncio.Protocol):
             if not inflight:
                 self.close(f"broker sent correlation id {correlation_id} that no request is waiting for")
                 return
-            expected, api_key, version, _, fix = inflight.popleft()
+            expected, api_key, version, _, fix, grants = inflight.popleft()
             if correlation_id != expected:
                 self.close(f"broker answered correlation id {correlation_id}, expected {expected}")
                 return
+            if grants is not None:
+                ended = self._ended_grant(grants)
+                if ended is not None:
+                    # A long poll answered after the grant's end must not deliver: close instead.
+                    self.close(f"access grant {ended} ended")
+                    return
             rewrite = RESPONSE_REWRITES.get(api_key)
             if fix is not None or (rewrite is not None and version >= rewrite[0]):
                 try:
@@ -583,6 +639,7 @@ class ClientConnection(asyncio.Protocol):
             log.info("%s: closing connection: %s", self.peer, reason)
         if self.expiry is not None:
             self.expiry.cancel()
+        self.ctx.granted_connections.discard(self)
         if self.transport is not None:
             self.transport.close()
         if self.upstream is not None:

@@ -26,17 +26,20 @@ import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from gateway.approvals.runtime import Approvals
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.policy.model import PolicyError
-from gateway.policy.snapshot import PolicyStore
+from gateway.policy.snapshot import PolicyCache, PolicyStore
 from gateway.policy.watch import PolicyWatcher
 from gateway.stats import FIELDS, WorkerStats
 
 log = logging.getLogger("streamward.supervisor")
 
+MAX_ADMIN_BODY = 64 * 1024  # the approvals API's bodies are small JSON objects
 CRASH_WINDOW_S = 30.0
 CRASHES_BEFORE_BACKOFF = 3
 MAX_BACKOFF_S = 30.0
@@ -50,6 +53,8 @@ class Supervisor:
         # Created before any fork: workers inherit the mapping and read snapshots without a syscall.
         self.policy_store = PolicyStore(config.policy.max_bytes)
         self.policy = PolicyWatcher(config.policy, self.policy_store)
+        # The grant table and the workers' channel for access requests are inherited at fork too.
+        self.approvals = Approvals(config, PolicyCache(self.policy_store).engine)
         # Masking's hash strategy must give every worker the same token for the same input.
         if config.masking_key is not None:
             self.masking_key = config.masking_key.reveal().encode()
@@ -76,12 +81,17 @@ class Supervisor:
         except PolicyError as exc:
             log.error("cannot start: %s", exc)
             return 2
+        try:
+            self.approvals.start()  # before the workers: grants that survived a restart are in force at once
+        except Exception as exc:  # noqa: BLE001 - any store failure stops the start, with its reason
+            log.error("cannot start: approvals store: %s", exc)
+            return 2
         log.info("supervisor %d starting %d workers (config %s)", os.getpid(), self.slots, self.config.path)
         for slot in range(self.slots):
             self._spawn(slot)
         self._start_admin()
         while True:
-            readable, _, _ = select.select([self.wake_r], [], [], 0.5)
+            readable, _, _ = select.select([self.wake_r], [], [], 0.2)
             if readable:
                 try:
                     while os.read(self.wake_r, 512):
@@ -95,9 +105,11 @@ class Supervisor:
             self._reap()
             if self.stopping:
                 if not self.workers:
+                    self.approvals.close()
                     log.info("supervisor stopped")
                     return 0
                 continue
+            self.approvals.tick()
             now = time.monotonic()
             if now >= self.next_policy_poll:
                 self.next_policy_poll = now + self.config.policy.watch_interval_s
@@ -169,6 +181,7 @@ class Supervisor:
         log.info("worker %d started as pid %d", slot, pid)
 
     def _become_worker(self, slot: int) -> None:
+        from gateway.approvals.access import AccessRequester
         from gateway.worker import (
             Worker,  # imported in the child only: uvloop must not start in the supervisor
         )
@@ -179,7 +192,10 @@ class Supervisor:
         os.close(self.wake_w)
         if self.admin is not None:
             self.admin.socket.close()
-        Worker(self.config, slot, self.stats, self.policy_store, self.masking_key).run()
+        self.approvals.supervisor_end.close()
+        requester = AccessRequester(self.approvals.worker_end)
+        Worker(self.config, slot, self.stats, self.policy_store, self.masking_key, self.approvals.table,
+               requester).run()
 
     def _reap(self) -> None:
         while self.workers:
@@ -237,23 +253,55 @@ class Supervisor:
                 topic, _, rule = key.rpartition("/")
                 lines.append(f'streamward_masked_fields_total{{worker="{slot}",topic="{_label(topic)}",'
                              f'rule="{_label(rule)}"}} {count}')
+        lines += self.approvals.metrics_lines()
         return "\n".join(lines) + "\n"
 
     def _start_admin(self) -> None:
         supervisor = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # seconds a client may take to send its request: a stalled one loses its thread
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 if self.path == "/healthz":
                     health = supervisor.health()
                     self._send(200 if health["status"] == "ok" else 503, orjson.dumps(health), "application/json")
                 elif self.path == "/metrics":
                     self._send(200, supervisor.metrics_text().encode(), "text/plain; version=0.0.4")
+                elif self.path.startswith("/v1/"):
+                    self._api("GET")
                 else:
                     self._send(404, b"not found\n", "text/plain")
 
-            def _send(self, code: int, body: bytes, content_type: str) -> None:
+            def do_POST(self) -> None:  # noqa: N802
+                if self.path.startswith("/v1/"):
+                    self._api("POST")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _api(self, method: str) -> None:
+                """The approvals API (gateway/approvals/api.py, docs/openapi.yaml)."""
+                api = supervisor.approvals.api
+                if api is None:
+                    self._send(503, b'{"error": "approvals are not running"}', "application/json")
+                    return
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if not 0 <= length <= MAX_ADMIN_BODY:
+                    self._send(413, b'{"error": "request body too large"}', "application/json")
+                    return
+                body = self.rfile.read(length) if length else b""
+                url = urlsplit(self.path)
+                # self.headers looks names up without regard to case, as HTTP wants.
+                status, answer = api.handle(method, url.path, parse_qs(url.query), self.headers, body)
+                extra = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+                self._send(status, orjson.dumps(answer), "application/json", extra)
+
+            def _send(self, code: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
                 self.send_response(code)
+                for name, value in (extra or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -269,7 +317,8 @@ class Supervisor:
             return
         self.admin.daemon_threads = True
         threading.Thread(target=self.admin.serve_forever, name="admin-http", daemon=True).start()
-        log.info("admin HTTP on http://%s:%d (/healthz, /metrics)", self.config.admin.host, self.config.admin.port)
+        log.info("admin HTTP on http://%s:%d (/healthz, /metrics, /v1 approvals API)", self.config.admin.host,
+                 self.config.admin.port)
 
 
 def _label(value: str) -> str:

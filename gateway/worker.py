@@ -22,8 +22,11 @@ from typing import Any
 
 import uvloop
 
+from gateway.approvals.access import AccessRequester
+from gateway.approvals.grants import GrantCache, GrantTable
 from gateway.auth.jwks import JwksCache
 from gateway.auth.tokens import TokenError, TokenValidator
+from gateway.clock import Clock, SystemClock, clock_from_spec
 from gateway.cluster import ClusterView, UnmappableNode
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.connection import ClientConnection
@@ -69,6 +72,12 @@ class WorkerContext:
         self.upstream_connects_total = 0
         self.auth_failures_total = 0
         self.discover: Callable[[], Awaitable[bool]] = _never_discovered  # set by the Worker
+        # Just-in-time access: the supervisor's grant table, where refusals that need approval go, and
+        # the clock grants are timed by (injectable: tests move it instead of sleeping).
+        self.grants: GrantCache | None = None
+        self.access: AccessRequester | None = None
+        self.clock: Clock = SystemClock()
+        self.granted_connections: set[ClientConnection] = set()  # connections that rely on a grant
         self.topics_refreshed_at = -TOPIC_REFRESH_INTERVAL_S
         self._topic_refresh: asyncio.Task[bool] | None = None
 
@@ -99,8 +108,11 @@ class WorkerContext:
 
 class Worker:
     def __init__(self, config: GatewayConfig, slot: int, stats: WorkerStats, policy_store: PolicyStore,
-                 masking_key: bytes) -> None:
+                 masking_key: bytes, grant_table: GrantTable | None = None, access: AccessRequester | None = None
+                 ) -> None:
         self.config = config
+        self.grant_table = grant_table
+        self.access = access
         self.policy_store = policy_store
         self.masking_key = masking_key
         self.slot = slot
@@ -121,10 +133,15 @@ class Worker:
                                  PolicyCache(self.policy_store))
         self.ctx.discover = self._discover
         self.ctx.maskers = MaskerCache(self.masking_key)
+        if self.grant_table is not None:
+            self.ctx.grants = GrantCache(self.grant_table)
+            self.ctx.access = self.access
+            self.ctx.clock = clock_from_spec(self.config.approvals.clock)
         loop.add_signal_handler(signal.SIGTERM, self._on_term)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload()))
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        tasks = [loop.create_task(self._publish_stats()), loop.create_task(self._sweep_idle())]
+        tasks = [loop.create_task(self._publish_stats()), loop.create_task(self._sweep_idle()),
+                 loop.create_task(self._watch_grants())]
         await self._start_auth()
         while not self.ctx.versions and not self.stopping.is_set():
             if not await self._discover():
@@ -290,6 +307,18 @@ class Worker:
             for connection in list(self.ctx.connections):
                 if connection.idle_for(now) > limit:
                     connection.close(f"idle for more than {limit:.0f} s")
+
+    async def _watch_grants(self) -> None:
+        """Connections that relied on a grant that has ended (expired on this worker's clock, or revoked and so
+        gone from the table) are closed within one check interval, long poll or not."""
+        ctx = self.ctx
+        assert ctx is not None
+        while True:
+            await asyncio.sleep(self.config.approvals.check_interval_s)
+            if ctx.grants is None or not ctx.granted_connections:
+                continue
+            for connection in list(ctx.granted_connections):
+                connection.check_grants()
 
     async def _publish_stats(self) -> None:
         while True:

@@ -18,6 +18,7 @@ from gateway.approvals.model import AccessRequest, Approval, Grant, Resource
 from gateway.approvals.postgres import PostgresStore
 from gateway.approvals.store import PendingExists, SqliteStore, StoreError
 from tests.postgres_fixtures import local_postgres
+from tests.waiting import wait_until
 
 T0 = 1_700_000_000.0
 ORDERS = Resource("topic", "orders")
@@ -258,14 +259,6 @@ def test_sqlite_uses_wal_and_waits_when_busy(tmp_path):
 # -- PostgreSQL LISTEN/NOTIFY
 
 
-def wait_for(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
-
 
 def start_listening(store: PostgresStore) -> tuple[list[float], object]:
     heard: list[float] = []
@@ -279,10 +272,10 @@ def test_postgres_write_wakes_another_nodes_listener(postgres_db):
     writer, reader = PostgresStore(postgres_db), PostgresStore(postgres_db)
     try:
         heard, _listener = start_listening(reader)
-        assert wait_for(lambda: len(heard) == 1, 1)  # the catch-up call on (re)connect
+        assert wait_until(lambda: len(heard) == 1, 1)  # the catch-up call on (re)connect
         written = time.monotonic()
         writer.insert_request(make_request())
-        assert wait_for(lambda: len(heard) == 2, 1), "no notification within 1 s"
+        assert wait_until(lambda: len(heard) == 2, 1), "no notification within 1 s"
         assert heard[1] - written < 1
         # A refused compare-and-set writes nothing, so nobody is woken.
         assert not writer.update_request(make_request(status="denied"), make_request(status="approved"))
@@ -300,12 +293,12 @@ def test_postgres_listener_comes_back_after_the_server_restarts():
         try:
             heard, listener = start_listening(store)
             server.stop()
-            assert wait_for(lambda: not listener.ready.is_set(), 5), "the listener did not notice the server left"
+            assert wait_until(lambda: not listener.ready.is_set(), 5), "the listener did not notice the server left"
             server.start()
-            assert wait_for(listener.ready.is_set, 15), "the listener did not reconnect"
+            assert wait_until(listener.ready.is_set, 15), "the listener did not reconnect"
             calls = len(heard)
             assert calls >= 2  # the first connect, and the catch-up after reconnecting
             store.insert_request(make_request())  # the store's own connection reopens too
-            assert wait_for(lambda: len(heard) > calls, 1)
+            assert wait_until(lambda: len(heard) > calls, 1)
         finally:
             store.close()

@@ -35,6 +35,13 @@ The example policy (policies/example.yaml) lets {client_id} create, write and re
 "sandbox." with consumer groups under "sandbox-"; everything else is denied. Try:
       kcat ... -P -t sandbox.demo   and   kcat ... -C -t sandbox.demo
 Explain a decision:  streamward policy explain --principal {client_id} --groups etl --topic orders --op write
+
+Just-in-time access: "analyst" may read topics under "payments" only once an approver grants it.
+      (token of analyst in a file)   streamward access request --token-file analyst.jwt --topic payments.eu \
+                                         --op read --duration 1h --reason "chargeback audit"
+      (token of approver in a file)  streamward approvals list --token-file approver.jwt
+                                     streamward approvals approve REQUEST_ID --token-file approver.jwt --duration 30m
+A consumer refused on such a topic makes the pending request itself; the grant ends its sessions when it ends.
 """
 
 
