@@ -3,13 +3,15 @@ before the client sees them.
 
 Which topics are masked is decided per request from the principal's policy view (the allow rules'
 ``masking:`` names); the masking itself runs in the Cython kernel (``_fastpath.record_batch`` and
-``_fastpath.mask``). A partition whose records cannot be parsed or masked is emptied and the event
-logged: its records are never passed through. Topics without masking rules are not touched.
+``_fastpath.mask``). A partition whose records cannot be parsed or masked is emptied, answered with
+CORRUPT_MESSAGE and the event logged (rate-limited): its records are never passed through. Topics
+without masking rules are not touched.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,8 +19,13 @@ from _fastpath.mask import Masker
 from _fastpath.record_batch import UnmaskableRecords, mask_records
 from gateway.policy.engine import Engine, PrincipalView
 from gateway.policy.model import MaskingRule
+from gateway.protocol.errors import CORRUPT_MESSAGE
 
 log = logging.getLogger("streamward.masking")
+
+# A client stuck on an unmaskable partition refetches it in a loop: one warning per partition per this long.
+WARN_EVERY_S = 10.0
+WARNED_LIMIT = 4096
 
 FixResponse = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -31,6 +38,20 @@ class MaskerCache:
         self._engine: Engine | None = None
         self._maskers: dict[tuple[str, ...], Masker] = {}
         self.counts: dict[str, int] = {}  # fields masked per "topic/rule", for metrics and audit
+        self.emptied: dict[tuple[str, int], float] = {}  # (topic, partition) -> when last warned about
+        self.emptied_total = 0
+
+    def warn_emptied(self, peer: str, topic: str, partition: int, reason: str) -> None:
+        self.emptied_total += 1
+        now = time.monotonic()
+        key = (topic, partition)
+        if now - self.emptied.get(key, -WARN_EVERY_S) < WARN_EVERY_S:
+            return
+        if len(self.emptied) >= WARNED_LIMIT:
+            self.emptied.clear()
+        self.emptied[key] = now
+        log.warning("%s: emptied %s[%d]: records could not be masked (%s); answered CORRUPT_MESSAGE "
+                    "(%d emptied fetches so far in this worker)", peer, topic, partition, reason, self.emptied_total)
 
     def masker(self, engine: Engine, names: tuple[str, ...]) -> Masker:
         if engine is not self._engine:
@@ -76,9 +97,11 @@ def fetch_masking(body: dict[str, Any], version: int, view: PrincipalView, engin
                 try:
                     result = mask_records(records, masker, max_output=max_output)
                 except UnmaskableRecords as exc:
-                    log.warning("%s: emptied %s[%d]: records could not be masked (%s)", peer, name,
-                                partition["partition_index"], exc)
+                    # Never passed through; and the client is told (its own error for bad data), rather
+                    # than seeing an empty partition and refetching it forever in silence.
+                    cache.warn_emptied(peer, name, partition["partition_index"], str(exc))
                     partition["records"] = b""
+                    partition["error_code"] = CORRUPT_MESSAGE
                     continue
                 if result.changed:
                     partition["records"] = result.data
