@@ -1,0 +1,145 @@
+"""End-to-end consume throughput with inline masking on, against direct Kafka in the same run.
+
+One single-node cluster; records of ~1 KiB JSON, each with a card number and an email that the policy
+masks for the benchmark's identity, produced once per codec (none, lz4) straight to the broker. Then
+Kafka's ConsumerPerformance reads each topic directly (admin, no masking) and through the gateway
+(OAUTHBEARER, masking on), alternating, for several rounds. Writes bench/results/e2e_masking.json.
+
+    python bench/e2e_masking.py [--records N] [--rounds R] [--workers W]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.e2e import consume, cpu_seconds  # noqa: E402
+from gateway.dev.idp import DevIdp  # noqa: E402
+from gateway.dev.kafka import KafkaCluster, ensure_jars, java_tool  # noqa: E402
+from gateway.dev.process import GatewayProcess  # noqa: E402
+
+POLICY = """\
+rules:
+  - name: bench-reads-masked
+    subjects: ["user:bench"]
+    resources: [{topic: {prefix: "bench-"}}]
+    operations: [all]
+    masking: [cards, emails]
+  - name: bench-groups
+    subjects: ["user:bench"]
+    resources: [{group: {glob: "*"}}, {cluster: true}]
+    operations: [all]
+masking:
+  cards: {detector: card, strategy: partial, keep_last: 4}
+  emails: {path: customer.email, strategy: hash}
+"""
+
+
+def payload_file(path: Path, count: int = 2000) -> int:
+    """JSON values of about 1 KiB, each with one card number and one email among ordinary fields."""
+    rng = random.Random(7)
+    lines = []
+    for i in range(count):
+        value = {"order": f"order-{i}", "amount": rng.randint(1, 10_000), "currency": "EUR",
+                 "card": {"number": "4111 1111 1111 1111", "expiry": "12/29"},
+                 "customer": {"id": f"c-{rng.randint(1, 10**6)}", "email": f"user{i}@example.com",
+                              "segment": rng.choice(["retail", "business"])},
+                 "items": [{"sku": f"sku-{rng.randint(1, 9999)}", "qty": rng.randint(1, 5),
+                            "note": "x" * rng.randint(40, 80)} for _ in range(8)]}
+        lines.append(json.dumps(value, separators=(",", ":")))
+    path.write_text("\n".join(lines))
+    return sum(len(line) for line in lines) // len(lines)
+
+
+def produce_payloads(lib: Path, cluster: KafkaCluster, config: Path, topic: str, records: int, payloads: Path,
+                     codec: str) -> None:
+    args = ["--topic", topic, "--num-records", str(records), "--payload-file", str(payloads),
+            "--payload-delimiter", "\n", "--throughput", "-1", "--command-config", str(config),
+            "--producer-props", f"bootstrap.servers={cluster.bootstrap}", "acks=1", f"compression.type={codec}",
+            "linger.ms=20", "batch.size=262144"]
+    result = java_tool(lib, "org.apache.kafka.tools.ProducerPerformance", args, timeout=600, heap="512m")
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr.decode()[-2000:])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=400_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+
+    lib = ensure_jars()
+    work = Path(tempfile.mkdtemp(prefix="streamward-bench-masking-"))
+    cluster = KafkaCluster(work / "kafka", nodes=1, port_base=18092)
+    cluster.start()
+    direct_config = work / "direct.properties"
+    cluster.write_client_config("admin", direct_config)
+    idp = DevIdp({"audience": "streamward", "clients": [{"id": "bench", "secret": "bench-secret"}]},
+                 data_dir=work / "idp").start()
+    gateway_config = work / "oauth.properties"
+    gateway_config.write_text(
+        "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=OAUTHBEARER\n"
+        "sasl.login.callback.handler.class="
+        "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginCallbackHandler\n"
+        f"sasl.oauthbearer.token.endpoint.url={idp.token_endpoint}\n"
+        "sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required "
+        'clientId="bench" clientSecret="bench-secret";\n')
+    gateway_jvm = [f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={idp.token_endpoint}"]
+    payloads = work / "payloads.txt"
+    value_size = payload_file(payloads)
+    results: dict[str, dict] = {}
+    gateway = GatewayProcess(work / "gw", cluster, workers=args.workers, port_base=31192, admin_port=31200,
+                             overrides={"auth": {"oidc": {"issuer": idp.issuer, "audience": "streamward"}}},
+                             policy=POLICY)
+    try:
+        gateway.start()
+        for codec in ("none", "lz4"):
+            topic = f"bench-masked-{codec}"
+            cluster.create_topic(topic, partitions=6, replication_factor=1)
+            produce_payloads(lib, cluster, direct_config, topic, args.records, payloads, codec)
+            direct, through, cpu = [], [], []
+            for round_index in range(args.rounds):
+                direct.append(consume(lib, cluster.bootstrap, topic, args.records, direct_config, [])["mb_s"])
+                before = cpu_seconds(gateway.proc.pid)
+                through.append(consume(lib, gateway.bootstrap, topic, args.records, gateway_config,
+                                       gateway_jvm)["mb_s"])
+                gigabytes = args.records * value_size / 1e9
+                cpu.append((cpu_seconds(gateway.proc.pid) - before) / gigabytes)
+                print(f"{codec:5s} round {round_index}: direct {direct[-1]:7.1f} MB/s, through the gateway with "
+                      f"masking {through[-1]:7.1f} MB/s", flush=True)
+            masked = sum(int(line.rsplit(" ", 1)[1]) for line in gateway.metrics().splitlines()
+                         if line.startswith("streamward_masked_fields_total{") and f'topic="{topic}"' in line)
+            results[codec] = {"direct_consume_mb_s": statistics.median(direct),
+                              "gateway_consume_mb_s": statistics.median(through),
+                              "consume_ratio": statistics.median(through) / statistics.median(direct),
+                              "gateway_cpu_s_per_gb": statistics.median(cpu),
+                              "fields_masked": masked, "direct_runs": direct, "gateway_runs": through}
+        gateway.stop()
+    finally:
+        idp.stop()
+        cluster.stop()
+    summary = {"records": args.records, "value_bytes": value_size, "rounds": args.rounds, "workers": args.workers,
+               "codecs": results, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = REPO / "bench" / "results" / "e2e_masking.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    print(f"\n{'codec':6s}{'direct MB/s':>14s}{'masked MB/s':>14s}{'ratio':>8s}{'core-s/GB':>11s}")
+    for codec, r in results.items():
+        print(f"{codec:6s}{r['direct_consume_mb_s']:14.1f}{r['gateway_consume_mb_s']:14.1f}{r['consume_ratio']:8.3f}"
+              f"{r['gateway_cpu_s_per_gb']:11.2f}")
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
