@@ -117,6 +117,7 @@ def main() -> int:
                 cpu.append((cpu_seconds(gateway.proc.pid) - before) / gigabytes)
                 print(f"{codec:5s} round {round_index}: direct {direct[-1]:7.1f} MB/s, through the gateway with "
                       f"masking {through[-1]:7.1f} MB/s", flush=True)
+            time.sleep(1.5)  # workers publish their counters about once a second
             masked = sum(int(line.rsplit(" ", 1)[1]) for line in gateway.metrics().splitlines()
                          if line.startswith("streamward_masked_fields_total{") and f'topic="{topic}"' in line)
             results[codec] = {"direct_consume_mb_s": statistics.median(direct),
