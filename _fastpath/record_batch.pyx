@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Walk Kafka v2 record batches and rebuild the ones whose records masking changed.
 
 Wire layout of one batch (big-endian; offsets from the batch start):
@@ -475,7 +475,15 @@ def mask_records(records, Masker masker, *, Py_ssize_t max_output, Py_ssize_t ma
         rb.dst = &out
         rb.synced = 0
         while _next_batch(&c, &b):
-            if b.attributes & CONTROL or b.count == 0:
+            if b.attributes & CONTROL:
+                continue
+            if b.count == 0:
+                # Kafka's empty batches (kept by compaction for producer state) have no payload at all.
+                # Bytes behind a zero count would be delivered by readers that read to the batch's end
+                # (librdkafka does) without ever being masked: refuse them.
+                if b.end != b.start + RECORDS:
+                    raise UnmaskableRecords(f"a batch declares no records but carries {b.end - b.start - RECORDS} "
+                                            f"bytes of them")
                 continue
             codec = b.attributes & CODEC_MASK
             if codec == CODEC_NONE:
