@@ -119,10 +119,13 @@ cdef inline unsigned long long _read_uvarint(Cursor* c, int max_bytes, unsigned 
 cdef inline int read_varint(Cursor* c) except? -0x7FFFFFFF - 1:
     """A zigzag int32 varint of at most 5 bytes."""
     cdef unsigned int u
-    # Spelled out here so that the one-byte case inlines into the record walk.
+    # Spelled out here so that the one- and two-byte cases (record lengths, deltas) inline into the record walk.
     if c.pos < c.end and c.data[c.pos] < 0x80:
         u = c.data[c.pos]
         c.pos += 1
+    elif c.end - c.pos >= 2 and c.data[c.pos + 1] < 0x80:
+        u = (c.data[c.pos] & 0x7F) | (<unsigned int>c.data[c.pos + 1] << 7)
+        c.pos += 2
     else:
         u = <unsigned int>_read_uvarint(c, 5, 0xFFFFFFFF)
     return <int>((u >> 1) ^ (-(<int>(u & 1))))
@@ -134,6 +137,9 @@ cdef inline long long read_varlong(Cursor* c) except? -1:
     if c.pos < c.end and c.data[c.pos] < 0x80:
         u = c.data[c.pos]
         c.pos += 1
+    elif c.end - c.pos >= 2 and c.data[c.pos + 1] < 0x80:
+        u = (c.data[c.pos] & 0x7F) | (<unsigned long long>c.data[c.pos + 1] << 7)
+        c.pos += 2
     else:
         u = _read_uvarint(c, 10, 0xFFFFFFFFFFFFFFFF)
     return <long long>((u >> 1) ^ (-(<long long>(u & 1))))

@@ -117,6 +117,10 @@ cdef struct MaskCtx:
     Py_ssize_t result_len
     Py_ssize_t* counts          # replacements made (one per match or masked value), per rule index (Masker.names)
     Py_ssize_t masked           # replacements made, all rules
+    Buf scan                    # the detectors' candidate bitmaps (mask.pyx, _scan)...
+    const unsigned char* scan_of    # ...of this field's payload, or NULL: stale once the field changes
+    Py_ssize_t scan_len
+    int scan_kinds
 
 
 cdef class Masker:
@@ -127,6 +131,7 @@ cdef class Masker:
     cdef readonly bint has_key_rules
     cdef readonly bint has_value_rules
     cdef readonly bint has_header_rules
+    cdef int scan_kinds[3]      # per target: the candidate bitmaps its detector rules read (SCAN_* bits)
 
     cdef int mask_field(self, MaskCtx* ctx, int target, const unsigned char* header_key, Py_ssize_t header_key_len,
                         const unsigned char* data, Py_ssize_t n) except -1

@@ -13,3 +13,8 @@ class Masker:
     def apply(
         self, data: bytes | bytearray | memoryview, *, target: Target = "value", header: str | None = None
     ) -> tuple[bytes, dict[str, int]]: ...
+
+def _detector_matches(
+    detector: str, data: bytes | bytearray | memoryview, merged: bool, start: int = 0
+) -> list[tuple[int, int]]:
+    """For tests: a detector's matches one after another, found through the merged pass's candidates or not."""

@@ -234,6 +234,37 @@ def test_counts_are_per_rule_name():
     assert result.masked == 9
 
 
+@pytest.mark.parametrize("codec", [SNAPPY, LZ4, ZSTD], ids=["snappy", "lz4", "zstd"])
+def test_each_field_is_scanned_afresh(codec):
+    """The detectors' merged pass over a field is kept while no rule changes the field, keyed by its address and
+    size. A field can come back at an address and size that held another: the third batch's record is inflated
+    where the first batch's was freed (the second holds only a null value, so nothing was scanned since), and
+    its phone, where the first value had none, must still be found."""
+    masker = Masker([{"name": "phone", "target": "value", "kind": "detector", "detector": "phone",
+                      "strategy": "redact"}], b"k" * 32)
+    first = build([(1, None, b"call nobody, then " + b"~" * 40, [])], codec)
+    second = build([(1, None, None, [])], codec)
+    third = build([(1, None, b"call +44 20 7946 0958" + b"~" * 37, [])], codec)
+    result = mask_records(first + second + third, masker, max_output=BIG)
+    masked = [value for *_, value, _ in iter_records(result.data)]
+    assert masked == [b"call nobody, then " + b"~" * 40, None, b"call ****" + b"~" * 37]
+    assert result.counts == {"phone": 1}
+
+
+def test_two_byte_varints_at_their_edges():
+    """Lengths and deltas are read inline when they fit one or two varint bytes: values of 63/64 bytes (zigzag
+    126/128, the first two-byte length) and 8191/8192 (the last two-byte and first three-byte ones), with
+    timestamp deltas on the same edges, read as the clients read them and masked (the values are not JSON, so
+    MASKER's path rule replaces each whole, shrinking the record lengths to one byte)."""
+    records = [(1_700_000_000_000 + delta, None, b"4111111111111111 " + b"x" * (size - 17), [])
+               for delta, size in [(63, 63), (64, 64), (8191, 8191), (8192, 8192), (8193, 8193)]]
+    data = build(records)
+    assert iter_records(data) == client_records(AioRecords, data)
+    masked = mask_records(data, MASKER, max_output=BIG)
+    assert client_records(AioRecords, masked.data) == client_records(AioRecords, data, masked=True)
+    assert masked.counts == {"card": 5, "email": 5}
+
+
 def test_snappy_framing_is_kept_either_way():
     raw = raw_snappy(build(random_records(random.Random(5), 30)))
     xerial = build(random_records(random.Random(5), 30), SNAPPY)
@@ -351,6 +382,8 @@ def fields(after_prefix: bytes) -> bytes:
 MALFORMED = {
     "11-byte varlong": (raw_batch(record(None, b"v", timestamp=b"\x80" * 10 + b"\x00"), 1), "longer than 10 bytes"),
     "6-byte varint": (raw_batch(b"\x80\x80\x80\x80\x80\x00" + GOOD_RECORD[1:], 1), "longer than 5 bytes"),
+    "varint cut after one byte": (raw_batch(b"\x80", 1), "needs 1 bytes"),
+    "key length cut at the record's end": (fields(b"\x80"), "needs 1 bytes"),
     "negative record length": (raw_batch(varint(-2) + GOOD_RECORD[1:], 1), "negative length"),
     "negative key length": (fields(varint(-2) + b"kk"), "negative length"),
     "negative value length": (fields(NULL + varint(-3) + b"vvv"), "negative length"),
