@@ -78,7 +78,7 @@ Strategies
     A JSON target that is already ``null`` is left as it is and not counted.
 """
 
-import hmac
+import hashlib
 import re
 
 import orjson
@@ -926,6 +926,8 @@ cdef class Rule:
     cdef Py_ssize_t keep_last   # STRAT_PARTIAL
     cdef bytes placeholder      # STRAT_REDACT, and for objects/arrays under STRAT_PARTIAL
     cdef bytes hmac_key         # STRAT_HASH
+    cdef object hmac_inner      # STRAT_HASH: sha256 already fed (key ^ ipad); copied per token
+    cdef object hmac_outer      # STRAT_HASH: sha256 already fed (key ^ opad)
     cdef Seg segs[MAX_PATH]     # KIND_PATH
     cdef int nseg
     cdef list _names            # per segment (bytes, str) for SEG_KEY, else None: Seg.name points into the
@@ -1053,6 +1055,12 @@ cdef Rule _compile_rule(object spec, int index, bytes hmac_key):
     if rule.strategy == STRAT_HASH and len(hmac_key) < MIN_HMAC_KEY:
         raise ValueError(f"{where}: strategy 'hash' needs an hmac_key of at least {MIN_HMAC_KEY} bytes")
     rule.hmac_key = hmac_key
+    if rule.strategy == STRAT_HASH:
+        # HMAC-SHA256 (RFC 2104) with the padded key hashed once here: each token then costs two copies of
+        # a SHA-256 state and two short updates, not a key schedule (hmac.digest redoes it per call: 2.3x).
+        block = (hashlib.sha256(hmac_key).digest() if len(hmac_key) > 64 else hmac_key).ljust(64, b"\0")
+        rule.hmac_inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        rule.hmac_outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
     return rule
 
 
@@ -1073,7 +1081,11 @@ cdef inline int _emit_upto(Emit* em, Py_ssize_t upto) except -1:
 
 
 cdef int _put_token(Rule rule, Buf* dst, const unsigned char* text, Py_ssize_t n) except -1:
-    digest = hmac.digest(rule.hmac_key, PyBytes_FromStringAndSize(<const char*>text, n), "sha256")
+    inner = rule.hmac_inner.copy()
+    inner.update(PyBytes_FromStringAndSize(<const char*>text, n))
+    outer = rule.hmac_outer.copy()
+    outer.update(inner.digest())
+    digest = outer.digest()
     cdef const unsigned char* d = <const unsigned char*>PyBytes_AS_STRING(digest)
     cdef unsigned char out[TOKEN_CHARS + 2]
     cdef int i, k = 0

@@ -147,6 +147,14 @@ def test_hash_is_deterministic_keyed_and_base64url():
     assert len(first) - 5 == 22
 
 
+@pytest.mark.parametrize("size", [32, 63, 64, 65, 200])
+def test_hash_is_hmac_sha256_for_keys_of_every_length(size):
+    """Keys longer than SHA-256's 64-byte block are hashed first (RFC 2104); shorter ones padded."""
+    key = bytes(range(256))[:size] if size <= 256 else b"k" * size
+    got = Masker([detector("email", strategy="hash")], key).apply(b"alice@example.com")[0]
+    assert got == token(b"alice@example.com", key).encode()
+
+
 def test_hash_needs_a_real_key():
     with pytest.raises(ValueError, match="hmac_key"):
         Masker([detector("email", strategy="hash")], b"short")
