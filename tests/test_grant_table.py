@@ -132,3 +132,45 @@ def test_the_inbox_survives_a_bad_message():
     while not handled and time.monotonic() < deadline:
         time.sleep(0.01)
     assert handled and handled[0]["subject"] == "alice"
+
+
+APPROVAL_POLICY = """\
+rules:
+  - name: gated
+    subjects: ["user:alice"]
+    resources: [{topic: {prefix: "payments-"}}]
+    operations: [read]
+    approval: required
+    approvers: ["user:bob"]
+"""
+
+
+def test_grants_that_do_not_fit_the_table_fail_closed(tmp_path, caplog):
+    """Publishing the previous table would keep revoked grants alive: an over-full table grants nothing."""
+    from gateway.approvals.runtime import Approvals
+    from gateway.config import load_config
+    from gateway.policy.engine import Engine
+    from gateway.policy.loader import load_policies
+
+    (tmp_path / "p.yaml").write_text(APPROVAL_POLICY)
+    (tmp_path / "gateway.yaml").write_text(
+        "listen: {host: 127.0.0.1, bootstrap_port: 9092, node_port_base: 9093}\n"
+        "upstream: {bootstrap_servers: ['127.0.0.1:19092']}\n"
+        f"approvals: {{data_dir: {tmp_path / 'data'}, max_bytes: 4096}}\n")
+    engine = Engine(load_policies(tmp_path / "p.yaml"))
+    approvals = Approvals(load_config(tmp_path / "gateway.yaml"), lambda: engine)
+    approvals.start()
+    try:
+        service = approvals.service
+        request, _ = service.request_access("alice", (), [("topic", "payments-0")], ["read"], 600, "r", "c", "api")
+        service.approve(request.id, "bob", ())
+        assert [row["id"] for row in approvals.table.read()[1]] == [service.active_grants()[0].id]
+        for i in range(1, 40):  # about 150 bytes each: well past 4096
+            request, _ = service.request_access("alice", (), [("topic", f"payments-{i}")], ["read"], 600, "r", "c",
+                                                "api")
+            service.approve(request.id, "bob", ())
+        assert len(service.active_grants()) == 40
+        assert approvals.table.read()[1] == []
+        assert "no grant is honoured until they fit" in caplog.text
+    finally:
+        approvals.close()

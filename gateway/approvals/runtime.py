@@ -29,6 +29,7 @@ from gateway.auth.tokens import TokenError, TokenValidator
 from gateway.clock import clock_from_spec
 from gateway.config import GatewayConfig
 from gateway.policy.engine import Engine
+from gateway.shm import SnapshotError
 
 log = logging.getLogger("streamward.approvals")
 
@@ -100,7 +101,13 @@ class Approvals:
             return
         with self._publish_lock:
             grants = self.service.active_grants()
-            generation = self.table.publish(grants)
+            try:
+                generation = self.table.publish(grants)
+            except SnapshotError as exc:
+                # Keeping the previous table would keep revoked grants alive: fail closed instead.
+                generation = self.table.publish([])
+                log.error("grant table: %s (%d active grants; approvals.max_bytes is %d): no grant is "
+                          "honoured until they fit", exc, len(grants), self.table.max_bytes)
         log.debug("grant table generation %d: %d active grant(s)", generation, len(grants))
 
     def tick(self) -> None:
