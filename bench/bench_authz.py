@@ -17,7 +17,7 @@ from kafka.record.default_records import DefaultRecordBatchBuilder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_policy import RULES, groups_of, rule_yaml  # noqa: E402
+from bench_policy import MASKING_SECTION, RULES, groups_of, policy_text  # noqa: E402
 
 from gateway.authz import authorize  # noqa: E402
 from gateway.policy import Engine, load_policies  # noqa: E402
@@ -36,7 +36,7 @@ class NoIds:
 def view(tmp_path_factory):
     """Principal user-15 of bench_policy's generated 1,000-rule policy: it may read and write app15.*."""
     policy = tmp_path_factory.mktemp("policy") / "rules.yaml"
-    policy.write_text("rules:\n" + "".join(rule_yaml(i) for i in range(RULES)))
+    policy.write_text(policy_text(0, RULES) + MASKING_SECTION)
     return Engine(load_policies(policy)).for_principal("user-15", groups_of(15))
 
 

@@ -74,12 +74,24 @@ QUESTIONS = {  # resource type, name, operation, partition, and the rule that de
 }
 
 
+# The masking rules the generated allow rules name (a policy must define every name it uses).
+MASKING_SECTION = """\
+masking:
+  cards: {detector: card, strategy: partial, keep_last: 4}
+  emails: {detector: email, strategy: redact}
+"""
+
+
+def policy_text(first: int, last: int) -> str:
+    return "rules:\n" + "".join(rule_yaml(i) for i in range(first, last))
+
+
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("policies")
     for part in range(4):  # several files, as teams would keep them
-        text = "rules:\n" + "".join(rule_yaml(i) for i in range(part * RULES // 4, (part + 1) * RULES // 4))
-        (directory / f"team-{part}.yaml").write_text(text)
+        (directory / f"team-{part}.yaml").write_text(policy_text(part * RULES // 4, (part + 1) * RULES // 4))
+    (directory / "masking.yaml").write_text(MASKING_SECTION)
     return directory
 
 
