@@ -18,3 +18,7 @@ def _detector_matches(
     detector: str, data: bytes | bytearray | memoryview, merged: bool, start: int = 0
 ) -> list[tuple[int, int]]:
     """For tests: a detector's matches one after another, found through the merged pass's candidates or not."""
+def _sha256_impl() -> str:
+    """For tests: the SHA-256 compression in use, "sha-ni" or "scalar"."""
+def _hmac_sha256_for_tests(key: bytes, msg: bytes, impl: str | None = None) -> bytes:
+    """For tests: HMAC-SHA256 through the kernel's own C code, optionally forcing an implementation."""

@@ -78,7 +78,6 @@ Strategies
     A JSON target that is already ``null`` is left as it is and not counted.
 """
 
-import hashlib
 import re
 
 import orjson
@@ -86,11 +85,28 @@ import orjson
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.pyport cimport PY_SSIZE_T_MAX
-from libc.stdint cimport uint64_t
-from libc.string cimport memchr, memcmp, memset
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 from _fastpath.mask cimport (TARGET_HEADER, TARGET_KEY, TARGET_VALUE, Buf, buf_fill, buf_free, buf_init, buf_put,
                              buf_reserve)
+
+cdef extern from "sha256.h":
+    # HMAC-SHA256 in C from the key's two precomputed midstates (the hash strategy); see the header.
+    ctypedef void (*sw_sha256_blocks_fn)(uint32_t* state, const uint8_t* data, size_t nblocks) noexcept nogil
+    int SW_SHA256_AUTO
+    int SW_SHA256_SCALAR
+    int SW_SHA256_SHANI
+    sw_sha256_blocks_fn sw_sha256_impl(int which) noexcept nogil
+    void sw_sha256_init() noexcept nogil
+    void sw_sha256_with(sw_sha256_blocks_fn blocks, const uint8_t* msg, size_t len, uint8_t* out) noexcept nogil
+    void sw_sha256_midstate_with(sw_sha256_blocks_fn blocks, const uint8_t* block, uint32_t* state) noexcept nogil
+    void sw_hmac_sha256_with(sw_sha256_blocks_fn blocks, const uint32_t* inner_mid, const uint32_t* outer_mid,
+                             const uint8_t* msg, size_t len, uint8_t* out) noexcept nogil
+    void sw_hmac_sha256(const uint32_t* inner_mid, const uint32_t* outer_mid, const uint8_t* msg, size_t len,
+                        uint8_t* out) noexcept nogil
+
+sw_sha256_init()    # SHA-NI when the CPU has it, else the portable code
 
 cdef extern from *:
     """
@@ -926,8 +942,8 @@ cdef class Rule:
     cdef Py_ssize_t keep_last   # STRAT_PARTIAL
     cdef bytes placeholder      # STRAT_REDACT, and for objects/arrays under STRAT_PARTIAL
     cdef bytes hmac_key         # STRAT_HASH
-    cdef object hmac_inner      # STRAT_HASH: sha256 already fed (key ^ ipad); copied per token
-    cdef object hmac_outer      # STRAT_HASH: sha256 already fed (key ^ opad)
+    cdef uint32_t hmac_inner[8] # STRAT_HASH: SHA-256 state after the block (key ^ ipad); each token continues it
+    cdef uint32_t hmac_outer[8] # STRAT_HASH: SHA-256 state after the block (key ^ opad)
     cdef Seg segs[MAX_PATH]     # KIND_PATH
     cdef int nseg
     cdef list _names            # per segment (bytes, str) for SEG_KEY, else None: Seg.name points into the
@@ -1056,12 +1072,32 @@ cdef Rule _compile_rule(object spec, int index, bytes hmac_key):
         raise ValueError(f"{where}: strategy 'hash' needs an hmac_key of at least {MIN_HMAC_KEY} bytes")
     rule.hmac_key = hmac_key
     if rule.strategy == STRAT_HASH:
-        # HMAC-SHA256 (RFC 2104) with the padded key hashed once here: each token then costs two copies of
-        # a SHA-256 state and two short updates, not a key schedule (hmac.digest redoes it per call: 2.3x).
-        block = (hashlib.sha256(hmac_key).digest() if len(hmac_key) > 64 else hmac_key).ljust(64, b"\0")
-        rule.hmac_inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
-        rule.hmac_outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        _hmac_midstates(sw_sha256_impl(SW_SHA256_AUTO), hmac_key, rule.hmac_inner, rule.hmac_outer)
     return rule
+
+
+cdef int _hmac_midstates(sw_sha256_blocks_fn blocks, bytes key, uint32_t* inner, uint32_t* outer) except -1:
+    """HMAC-SHA256 (RFC 2104) with the padded key hashed once here: the SHA-256 states after the blocks
+    (key ^ ipad) and (key ^ opad), a key longer than the 64-byte block hashed first, a shorter one zero-padded.
+    Each token then costs the compressions of its own bytes and of the outer hash (two for up to 55 bytes)."""
+    cdef uint8_t digest[32]
+    cdef uint8_t block[64]
+    cdef uint8_t pad[64]
+    cdef const uint8_t* k = <const uint8_t*>PyBytes_AS_STRING(key)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(key), i
+    if n > 64:
+        sw_sha256_with(blocks, k, <size_t>n, digest)
+        k = digest
+        n = 32
+    memset(block, 0, 64)
+    memcpy(block, k, n)
+    for i in range(64):
+        pad[i] = block[i] ^ 0x36
+    sw_sha256_midstate_with(blocks, pad, inner)
+    for i in range(64):
+        pad[i] = block[i] ^ 0x5C
+    sw_sha256_midstate_with(blocks, pad, outer)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1081,12 +1117,10 @@ cdef inline int _emit_upto(Emit* em, Py_ssize_t upto) except -1:
 
 
 cdef int _put_token(Rule rule, Buf* dst, const unsigned char* text, Py_ssize_t n) except -1:
-    inner = rule.hmac_inner.copy()
-    inner.update(PyBytes_FromStringAndSize(<const char*>text, n))
-    outer = rule.hmac_outer.copy()
-    outer.update(inner.digest())
-    digest = outer.digest()
-    cdef const unsigned char* d = <const unsigned char*>PyBytes_AS_STRING(digest)
+    if n < 0:
+        raise ValueError("negative length")
+    cdef unsigned char d[32]
+    sw_hmac_sha256(rule.hmac_inner, rule.hmac_outer, text, <size_t>n, d)
     cdef unsigned char out[TOKEN_CHARS + 2]
     cdef int i, k = 0
     cdef unsigned int triple
@@ -1798,6 +1832,34 @@ def _detector_matches(str detector, data, bint merged, Py_ssize_t start=0):
     finally:
         PyMem_Free(bits)
     return matches
+
+
+_SHA256_IMPLS = {"scalar": SW_SHA256_SCALAR, "sha-ni": SW_SHA256_SHANI}
+
+
+def _sha256_impl():
+    """For tests: the SHA-256 compression the hash strategy uses on this CPU, "sha-ni" or "scalar"."""
+    return "sha-ni" if sw_sha256_impl(SW_SHA256_AUTO) == sw_sha256_impl(SW_SHA256_SHANI) else "scalar"
+
+
+def _hmac_sha256_for_tests(bytes key, bytes msg, str impl=None):
+    """For tests: the full 32-byte HMAC-SHA256 of msg under key, as the hash strategy computes it (same key
+    handling, same C code), through the implementation in use or the one impl names ("scalar", "sha-ni");
+    ValueError when this CPU lacks it."""
+    cdef sw_sha256_blocks_fn blocks = sw_sha256_impl(SW_SHA256_AUTO)
+    if impl is not None:
+        if impl not in _SHA256_IMPLS:
+            raise ValueError(f"impl must be one of {sorted(_SHA256_IMPLS)}")
+        blocks = sw_sha256_impl(_SHA256_IMPLS[impl])
+        if blocks == NULL:
+            raise ValueError(f"{impl} is not available on this CPU")
+    cdef uint32_t inner[8]
+    cdef uint32_t outer[8]
+    cdef uint8_t out[32]
+    _hmac_midstates(blocks, key, inner, outer)
+    sw_hmac_sha256_with(blocks, inner, outer, <const uint8_t*>PyBytes_AS_STRING(msg), <size_t>PyBytes_GET_SIZE(msg),
+                        out)
+    return PyBytes_FromStringAndSize(<const char*>out, 32)
 
 
 cdef dict counts_by_name(MaskCtx* ctx, Masker masker):

@@ -155,6 +155,22 @@ def test_hash_is_hmac_sha256_for_keys_of_every_length(size):
     assert got == token(b"alice@example.com", key).encode()
 
 
+@pytest.mark.parametrize("size", [16, 64, 65, 200])
+def test_hash_is_hmac_sha256_for_values_of_every_length(size):
+    """Tokens come from the kernel's own SHA-256 (_fastpath/sha256.h): values on either side of every padding
+    and block edge (55/56 bytes in the last block, whole blocks) and values of kilobytes, each hashed whole by a
+    regex rule, give Python's HMAC, and so does a JSON string value."""
+    rng = random.Random(size)
+    key = bytes(rng.randrange(256) for _ in range(size))
+    m = Masker([rule(kind="regex", pattern="(?s).+", strategy="hash")], key)
+    for n in [*range(1, 200), 247, 248, 255, 256, 1000, 1024, 4097, 70_000]:
+        value = bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz0123456789 .-") for _ in range(n))
+        assert m.apply(b"x" + value) == (token(b"x" + value, key).encode(), {"r": 1}), n
+    value = "".join(rng.choice("abcdefghij") for _ in range(3000))
+    doc = Masker([path("v", strategy="hash")], key).apply(orjson.dumps({"v": value}))[0]
+    assert orjson.loads(doc) == {"v": token(value.encode(), key)}
+
+
 def test_hash_needs_a_real_key():
     with pytest.raises(ValueError, match="hmac_key"):
         Masker([detector("email", strategy="hash")], b"short")
