@@ -26,8 +26,9 @@ lint: build
 	$(VENV)/bin/ruff check gateway _fastpath tests bench scripts
 
 bench: build
-	$(PY) -m pytest bench -q --benchmark-only
+	$(PY) -m pytest bench/bench_*.py -q --benchmark-only
 	$(PY) bench/e2e.py
+	$(PY) bench/e2e_masking.py
 
 clean:
 	rm -rf build _fastpath/*.c _fastpath/*.so
