@@ -10,6 +10,8 @@ after the end reaches it.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -392,3 +394,33 @@ def test_two_gateways_share_grants_through_postgresql(kafka_cluster, idp, make_t
             assert f"access grant {grant_id} ended" in gw_b.log_text()
         finally:
             reader.close()
+
+
+def test_the_cli_asks_and_approves_against_the_running_gateway(kafka_cluster, idp, make_topic, tmp_path, receiver):
+    """`streamward access request` and `streamward approvals` with each person's own token, from a file."""
+    topic = make_topic("payments", partitions=1)
+    with approvals_gateway(kafka_cluster, idp, tmp_path, 30692, receiver.url) as (gw, _clock):
+        tokens = {}
+        for who in ("analyst", "approver"):
+            tokens[who] = tmp_path / f"{who}.jwt"
+            tokens[who].write_text(idp.mint(who, groups=CLIENTS[who]["groups"]))
+
+        def cli(who: str, *args: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "gateway", *args, "--admin",
+                                   f"http://127.0.0.1:{gw.admin_port}",
+                                   "--token-file", str(tokens[who]), "--json"], capture_output=True, text=True,
+                                  timeout=60)
+
+        asked = cli("analyst", "access", "request", "--topic", topic, "--op", "read", "--duration", "20m",
+                    "--reason", "quarterly audit")
+        assert asked.returncode == 0, asked.stderr
+        request = json.loads(asked.stdout)["request"]
+        assert request["requester"] == "analyst" and request["duration_s"] == 1200 and request["origin"] == "api"
+        listed = cli("approver", "approvals", "list")
+        assert listed.returncode == 0 and request["id"] in listed.stdout, listed.stderr
+        own = cli("analyst", "approvals", "approve", request["id"])
+        assert own.returncode == 1, "the requester may not approve (refused: exit 1)"
+        approved = cli("approver", "approvals", "approve", request["id"], "--duration", "10m")
+        assert approved.returncode == 0, approved.stderr
+        grant = json.loads(approved.stdout)["grant"]
+        assert grant["expires_at"] - grant["starts_at"] == pytest.approx(600)
