@@ -22,3 +22,9 @@ def _sha256_impl() -> str:
     """For tests: the SHA-256 compression in use, "sha-ni" or "scalar"."""
 def _hmac_sha256_for_tests(key: bytes, msg: bytes, impl: str | None = None) -> bytes:
     """For tests: HMAC-SHA256 through the kernel's own C code, optionally forcing an implementation."""
+def _json_skip_for_tests(
+    data: bytes | bytearray | memoryview, start: int = 0, impl: str | None = None, raw: bool = False
+) -> int:
+    """For tests: the end of the object or array at data[start] through a chosen skip implementation."""
+def _set_json_skip_impl(impl: str | None = None) -> str:
+    """For tests: make every Masker skip containers through impl; the name of the one in use before."""

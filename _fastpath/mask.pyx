@@ -108,6 +108,21 @@ cdef extern from "sha256.h":
 
 sw_sha256_init()    # SHA-NI when the CPU has it, else the portable code
 
+cdef extern from "json_skip.h":
+    # Skipping an object or array 64 bytes at a time (simdjson's stage 1); see the header.
+    ctypedef struct sw_json_skip_impl:
+        pass
+    int SW_JSON_SKIP_AUTO
+    int SW_JSON_SKIP_SCALAR
+    int SW_JSON_SKIP_SIMD
+    Py_ssize_t SW_SKIP_FALLBACK
+    const sw_json_skip_impl* sw_json_skip_get(int which) noexcept nogil
+    void sw_json_skip_init() noexcept nogil
+    Py_ssize_t sw_json_skip_with(const sw_json_skip_impl* impl, const unsigned char* s, Py_ssize_t n, Py_ssize_t k,
+                                 int max_depth) noexcept nogil
+
+sw_json_skip_init()     # SSE2 + PCLMULQDQ when the CPU has them, else the portable code
+
 cdef extern from *:
     """
     /* Byte searches, sixteen bytes at a time with SSE2 (every x86-64 has it), else eight at a time (SWAR), else
@@ -1217,9 +1232,28 @@ cdef inline Py_ssize_t _string_end(const unsigned char* s, Py_ssize_t n, Py_ssiz
         k += 2
 
 
+# The block skip in use (json_skip.h), or NULL for the token walk alone: the SIMD one where the CPU has it. The
+# portable block code is slower than the token walk on ~1 KiB documents (five SWAR compares per 8 bytes), so
+# without SIMD the token walk stays; _set_json_skip_impl forces either for tests.
+cdef const sw_json_skip_impl* _json_skip = sw_json_skip_get(SW_JSON_SKIP_SIMD)
+
+
 cdef Py_ssize_t _skip_container(const unsigned char* s, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
     """Past the object or array at k, checking only that brackets match and strings close: the path scan
-    validates what it walks through, and nothing inside a skipped value is a target."""
+    validates what it walks through, and nothing inside a skipped value is a target. 64 bytes at a time
+    (json_skip.h), which gives what the token walk gives; a backslash outside a string (which the block scan
+    cannot read as the token walk does) hands the value to the token walk."""
+    cdef Py_ssize_t e
+    if _json_skip == NULL:
+        return _skip_container_tokens(s, n, k)
+    e = sw_json_skip_with(_json_skip, s, n, k, MAX_JSON_DEPTH)
+    if e == SW_SKIP_FALLBACK:
+        return _skip_container_tokens(s, n, k)
+    return e
+
+
+cdef Py_ssize_t _skip_container_tokens(const unsigned char* s, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """_skip_container token by token: the reference the block skip agrees with, and its fallback."""
     cdef unsigned long long objects[DEPTH_WORDS]    # bit per open bracket: 1 for {, 0 for [
     cdef int depth = 0
     cdef unsigned char c
@@ -1868,3 +1902,59 @@ cdef dict counts_by_name(MaskCtx* ctx, Masker masker):
         if ctx.counts[index]:
             counts[name] = counts.get(name, 0) + ctx.counts[index]
     return counts
+
+
+_JSON_SKIP_IMPLS = {"scalar": SW_JSON_SKIP_SCALAR, "simd": SW_JSON_SKIP_SIMD}
+
+
+cdef str _json_skip_name(const sw_json_skip_impl* impl):
+    if impl == NULL:
+        return "tokens"
+    return "simd" if impl == sw_json_skip_get(SW_JSON_SKIP_SIMD) else "scalar"
+
+
+cdef const sw_json_skip_impl* _json_skip_named(str impl) except? NULL:
+    cdef const sw_json_skip_impl* found
+    if impl not in _JSON_SKIP_IMPLS:
+        raise ValueError(f"impl must be one of {sorted(_JSON_SKIP_IMPLS) + ['tokens']}")
+    found = sw_json_skip_get(_JSON_SKIP_IMPLS[impl])
+    if found == NULL:
+        raise ValueError(f"{impl} is not available on this CPU")
+    return found
+
+
+def _json_skip_for_tests(data, Py_ssize_t start=0, str impl=None, bint raw=False):
+    """For tests: where skipping the object or array at data[start] ends (the index past it, -1 invalid, -2
+    undecided), through the skip in use, the token walk ("tokens"), or a block implementation ("scalar", "simd");
+    raw: the block scan's own answer, -4 where it hands over to the token walk. ValueError when this CPU lacks
+    the implementation or data[start] is not '{' or '['."""
+    cdef const unsigned char[::1] view = memoryview(data).cast("B")
+    cdef Py_ssize_t n = view.shape[0], e
+    cdef const unsigned char* s = &view[0] if n else <const unsigned char*>b""
+    cdef const sw_json_skip_impl* chosen = _json_skip
+    if not 0 <= start < n or (s[start] != c'{' and s[start] != c'['):
+        raise ValueError("data[start] must be '{' or '['")
+    if impl == "tokens":
+        chosen = NULL
+    elif impl is not None:
+        chosen = _json_skip_named(impl)
+    if chosen == NULL:
+        return _skip_container_tokens(s, n, start)
+    e = sw_json_skip_with(chosen, s, n, start, MAX_JSON_DEPTH)
+    if e == SW_SKIP_FALLBACK and not raw:
+        e = _skip_container_tokens(s, n, start)
+    return e
+
+
+def _set_json_skip_impl(str impl=None):
+    """For tests: make every Masker skip containers through impl ("scalar", "simd", "tokens"; None: the default,
+    "simd" where the CPU has it, else "tokens"); the name of the one in use before."""
+    global _json_skip
+    cdef str before = _json_skip_name(_json_skip)
+    if impl is None:
+        _json_skip = sw_json_skip_get(SW_JSON_SKIP_SIMD)
+    elif impl == "tokens":
+        _json_skip = NULL
+    else:
+        _json_skip = _json_skip_named(impl)
+    return before
