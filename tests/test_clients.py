@@ -174,6 +174,9 @@ def test_java_console_clients(gateway, idp, make_topic, kafka_jars, tmp_path):
     produced = java_tool(kafka_jars, "org.apache.kafka.tools.ConsoleProducer",
                          ["--bootstrap-server", gateway.bootstrap, "--topic", topic,
                           "--reader-property", "parse.key=true", "--reader-property", "parse.headers=true",
+                          # ConsoleProducer's own 1.5 s request timeout makes a loaded 2-core machine retry and
+                          # lose records to sequence errors; Kafka's clients default to 30 s.
+                          "--producer-property", "request.timeout.ms=30000",
                           "--command-config", str(client_config)],
                          input=lines.encode(), timeout=180, extra_jvm_args=jvm)
     assert produced.returncode == 0, produced.stderr.decode()[-2000:]

@@ -52,7 +52,9 @@ def produce_as_admin(cluster: KafkaCluster, topic: str, lines: bytes) -> None:
     """Produce with Kafka's own console producer, which also exercises java_tool."""
     assert cluster.lib_dir is not None
     config = cluster.write_client_config("admin", cluster.workdir / f"producer-{topic}.properties")
-    args = ["--bootstrap-server", cluster.bootstrap, "--topic", topic, "--command-config", str(config)]
+    # ConsoleProducer's own 1.5 s request timeout is too short for a loaded 2-core machine (see test_clients).
+    args = ["--bootstrap-server", cluster.bootstrap, "--topic", topic, "--command-config", str(config),
+            "--producer-property", "request.timeout.ms=30000"]
     result = java_tool(cluster.lib_dir, "org.apache.kafka.tools.ConsoleProducer", args, input=lines)
     assert result.returncode == 0, result.stderr.decode(errors="replace")
 
