@@ -49,6 +49,23 @@ def generated_policy(rules: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def oauth_clients(work: Path) -> tuple[DevIdp, dict, Path, list[str]]:
+    """Clients sign in to the gateway with OAUTHBEARER through the dev IdP, as in production: the started
+    IdP, the gateway's config overrides, the Java clients' properties file and their JVM flags."""
+    idp = DevIdp({"audience": "streamward", "clients": [{"id": "bench", "secret": "bench-secret"}]},
+                 data_dir=work / "idp").start()
+    overrides = {"auth": {"oidc": {"issuer": idp.issuer, "audience": "streamward"}}}
+    client_config = work / "oauth.properties"
+    client_config.write_text(
+        "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=OAUTHBEARER\n"
+        "sasl.login.callback.handler.class="
+        "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginCallbackHandler\n"
+        f"sasl.oauthbearer.token.endpoint.url={idp.token_endpoint}\n"
+        "sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required "
+        'clientId="bench" clientSecret="bench-secret";\n')
+    return idp, overrides, client_config, [f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={idp.token_endpoint}"]
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time of the gateway supervisor and all its workers so far."""
     root = psutil.Process(pid)
@@ -112,19 +129,7 @@ def main() -> int:
     gateway_jvm: list[str] = []
     overrides: dict = {}
     if not args.no_auth:
-        # Clients sign in to the gateway with OAUTHBEARER through the dev IdP, as in production.
-        idp = DevIdp({"audience": "streamward", "clients": [{"id": "bench", "secret": "bench-secret"}]},
-                     data_dir=work / "idp").start()
-        overrides = {"auth": {"oidc": {"issuer": idp.issuer, "audience": "streamward"}}}
-        gateway_config = work / "oauth.properties"
-        gateway_config.write_text(
-            "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=OAUTHBEARER\n"
-            "sasl.login.callback.handler.class="
-            "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginCallbackHandler\n"
-            f"sasl.oauthbearer.token.endpoint.url={idp.token_endpoint}\n"
-            "sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required "
-            'clientId="bench" clientSecret="bench-secret";\n')
-        gateway_jvm = [f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={idp.token_endpoint}"]
+        idp, overrides, gateway_config, gateway_jvm = oauth_clients(work)
     policy = generated_policy(args.policy_rules)
     try:
         gateways = {

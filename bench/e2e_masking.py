@@ -22,8 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.e2e import consume, cpu_seconds  # noqa: E402
-from gateway.dev.idp import DevIdp  # noqa: E402
+from bench.e2e import consume, cpu_seconds, oauth_clients  # noqa: E402
 from gateway.dev.kafka import KafkaCluster, ensure_jars, java_tool  # noqa: E402
 from gateway.dev.process import GatewayProcess  # noqa: E402
 
@@ -84,23 +83,12 @@ def main() -> int:
     cluster.start()
     direct_config = work / "direct.properties"
     cluster.write_client_config("admin", direct_config)
-    idp = DevIdp({"audience": "streamward", "clients": [{"id": "bench", "secret": "bench-secret"}]},
-                 data_dir=work / "idp").start()
-    gateway_config = work / "oauth.properties"
-    gateway_config.write_text(
-        "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=OAUTHBEARER\n"
-        "sasl.login.callback.handler.class="
-        "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginCallbackHandler\n"
-        f"sasl.oauthbearer.token.endpoint.url={idp.token_endpoint}\n"
-        "sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required "
-        'clientId="bench" clientSecret="bench-secret";\n')
-    gateway_jvm = [f"-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls={idp.token_endpoint}"]
+    idp, overrides, gateway_config, gateway_jvm = oauth_clients(work)
     payloads = work / "payloads.txt"
     value_size = payload_file(payloads)
     results: dict[str, dict] = {}
     gateway = GatewayProcess(work / "gw", cluster, workers=args.workers, port_base=31192, admin_port=31200,
-                             overrides={"auth": {"oidc": {"issuer": idp.issuer, "audience": "streamward"}}},
-                             policy=POLICY)
+                             overrides=overrides, policy=POLICY)
     try:
         gateway.start()
         for codec in ("none", "lz4"):
