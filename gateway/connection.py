@@ -151,7 +151,7 @@ class ClientConnection(asyncio.Protocol):
         # (correlation id, api key, version, gateway-made answer or None, response fix-up or None,
         #  ids of the access grants the request was allowed by, or None)
         self.inflight: deque[tuple[int, int, int, bytes | None, FixResponse | None, tuple[str, ...] | None]] = deque()
-        self.grants_used: dict[str, float] = {}  # access grants this connection relied on: id -> expires_at
+        self.grants_used: set[str] = set()  # ids of the access grants this connection relied on
         self.request_grants: list[str] = []  # the grants the request being decided relies on
         self.pending: list[bytes] = []  # chunks received while the upstream opens (sign-in switched off)
         self.pending_bytes = 0
@@ -394,7 +394,7 @@ class ClientConnection(asyncio.Protocol):
             if grant is not None:
                 self.request_grants.append(grant.id)
                 if grant.id not in self.grants_used:
-                    self.grants_used[grant.id] = grant.expires_at
+                    self.grants_used.add(grant.id)
                     self.ctx.granted_connections.add(self)
                     log.info("%s: %s uses access grant %s for %s on %s %s", self.peer, self.views.subject,
                              grant.id, operation, resource_type, name)
