@@ -82,7 +82,10 @@ class GatewayProcess:
     def write_policy(self, text: str) -> None:
         """Replace the policy; a running gateway picks it up within its watch interval."""
         self.policy = text
-        (self.policy_dir / "policy.yaml").write_text(text)
+        # Written aside and renamed into place: the watcher must never read a half-written (or empty) file.
+        staged = self.policy_dir / ".policy.yaml.tmp"  # not *.yaml: the loader ignores it
+        staged.write_text(text)
+        staged.replace(self.policy_dir / "policy.yaml")
 
     def start(self, timeout: float = 60) -> GatewayProcess:
         self.write_config()
