@@ -59,14 +59,6 @@ rules:
 {MASKING_RULES}"""
 
 
-def install_policy(gateway, text: str, timeout: float = 10) -> None:
-    """Write the policy and wait until the gateway has loaded it."""
-    before = gateway.health()["policy_generation"]
-    gateway.write_policy(text)
-    deadline = time.monotonic() + timeout
-    while gateway.health()["policy_generation"] <= before:
-        assert time.monotonic() < deadline, "the gateway did not load the policy"
-        time.sleep(0.05)
 
 
 # --- sensitive values ----------------------------------------------------------------------------------------------

@@ -50,14 +50,9 @@ def record(i: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
 @pytest.fixture(scope="module")
 def masked_prefix(gateway):
     prefix = f"masked-{uuid.uuid4().hex[:6]}-"
-    before = gateway.health()["policy_generation"]
-    gateway.write_policy(MASKING_POLICY.format(prefix=prefix))
-    deadline = time.monotonic() + 10
-    while gateway.health()["policy_generation"] <= before and time.monotonic() < deadline:
-        time.sleep(0.05)
+    gateway.install_policy(MASKING_POLICY.format(prefix=prefix))
     yield prefix
-    gateway.write_policy(ALLOW_ALL)
-    time.sleep(1)
+    gateway.install_policy(ALLOW_ALL)
 
 
 def produce_direct(kafka_cluster, topic: str, compression: str) -> dict[int, int]:

@@ -48,7 +48,6 @@ from tests.masking_data import (
     consume_confluent,
     direct_wire,
     fetch_body,
-    install_policy,
     make_sample,
     make_samples,
     masking_policy,
@@ -284,9 +283,9 @@ def test_decompression_bomb_costs_bounded_memory(tmp_path, codec_name):
 @pytest.fixture(scope="module")
 def prefixes(gateway) -> Iterator[tuple[str, str]]:
     masked, plain = f"hx-{uuid.uuid4().hex[:6]}-", f"hxplain-{uuid.uuid4().hex[:6]}-"
-    install_policy(gateway, masking_policy(masked, plain))
+    gateway.install_policy(masking_policy(masked, plain))
     yield masked, plain
-    install_policy(gateway, ALLOW_ALL)
+    gateway.install_policy(ALLOW_ALL)
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,6 @@ from tests.masking_data import (
     consume_confluent,
     direct_wire,
     fetch_body,
-    install_policy,
     leaders,
     make_samples,
     masking_policy,
@@ -89,7 +88,7 @@ def matrix(gateway, kafka_cluster, admin) -> Iterator[Matrix]:
     prefix = f"mx-{uuid.uuid4().hex[:6]}-"
     topics = {codec: f"{prefix}{codec}" for codec in CODECS}
     admin.create_topics([NewTopic(topic, PARTITIONS, 1) for topic in topics.values()], timeout_ms=30000)
-    install_policy(gateway, masking_policy(prefix, f"mxplain-{uuid.uuid4().hex[:6]}-"))
+    gateway.install_policy(masking_policy(prefix, f"mxplain-{uuid.uuid4().hex[:6]}-"))
     per_topic = {codec: make_samples(topic, 1000 * k, PHASES, PARTITIONS)
                  for k, (codec, topic) in enumerate(topics.items())}
     with ThreadPoolExecutor(len(per_topic)) as pool:
@@ -107,7 +106,7 @@ def matrix(gateway, kafka_cluster, admin) -> Iterator[Matrix]:
         offsets[index] = got.offset
     yield Matrix(prefix, topics, samples, offsets, stored, LeakScanner(samples.values()),
                  leaders(kafka_cluster, list(topics.values())))
-    install_policy(gateway, ALLOW_ALL)
+    gateway.install_policy(ALLOW_ALL)
 
 
 def test_the_brokers_hold_every_combination_unmasked(matrix):

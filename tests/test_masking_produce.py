@@ -55,14 +55,9 @@ masking:
 @pytest.fixture(scope="module")
 def prefix(gateway):
     prefix = f"p{uuid.uuid4().hex[:6]}-"
-    before = gateway.health()["policy_generation"]
-    gateway.write_policy(POLICY.format(prefix=prefix))
-    deadline = time.monotonic() + 10
-    while gateway.health()["policy_generation"] <= before and time.monotonic() < deadline:
-        time.sleep(0.05)
+    gateway.install_policy(POLICY.format(prefix=prefix))
     yield prefix
-    gateway.write_policy(ALLOW_ALL)
-    time.sleep(1)
+    gateway.install_policy(ALLOW_ALL)
 
 
 def value(i: int, card: str = CARD) -> bytes:

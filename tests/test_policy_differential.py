@@ -113,14 +113,9 @@ def world(kafka_cluster, admin, gateway):
 def gateway_policy(gateway, world):
     from gateway.dev.process import ALLOW_ALL
 
-    before = gateway.health()["policy_generation"]
-    gateway.write_policy(policy_for(world["prefix"]))
-    deadline = time.monotonic() + 10
-    while gateway.health()["policy_generation"] <= before and time.monotonic() < deadline:
-        time.sleep(0.05)
+    gateway.install_policy(policy_for(world["prefix"]))
     yield
-    gateway.write_policy(ALLOW_ALL)
-    time.sleep(1)
+    gateway.install_policy(ALLOW_ALL)
 
 
 class Sides:

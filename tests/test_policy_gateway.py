@@ -35,16 +35,6 @@ rules:
 """
 
 
-def wait_for_generation(gateway, after: int, timeout: float = 10) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        generation = gateway.health()["policy_generation"]
-        if generation > after:
-            return generation
-        time.sleep(0.05)
-    raise TimeoutError("the new policy was not published")
-
-
 def leader_of(wire, topic: str) -> int:
     """The partition-0 leader of a topic, once the new topic has one."""
     deadline = time.monotonic() + 30
@@ -61,13 +51,8 @@ def leader_of(wire, topic: str) -> int:
 def set_policy(gateway):
     """Swap the shared gateway's policy for one test, and put the allow-all test policy back after it."""
 
-    def apply(text: str) -> None:
-        before = gateway.health()["policy_generation"]
-        gateway.write_policy(text)
-        wait_for_generation(gateway, before)
-
-    yield apply
-    apply(ALLOW_ALL)
+    yield gateway.install_policy
+    gateway.install_policy(ALLOW_ALL)
 
 
 @pytest.fixture

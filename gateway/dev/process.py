@@ -87,6 +87,19 @@ class GatewayProcess:
         staged.write_text(text)
         staged.replace(self.policy_dir / "policy.yaml")
 
+    def install_policy(self, text: str, timeout: float = 10) -> int:
+        """Replace the policy and wait until the gateway has published it; returns the new generation."""
+        before = self.health()["policy_generation"]
+        self.write_policy(text)
+        deadline = time.monotonic() + timeout
+        while True:
+            generation = self.health()["policy_generation"]
+            if generation > before:
+                return generation
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"the gateway did not publish the new policy within {timeout} s")
+            time.sleep(0.05)
+
     def start(self, timeout: float = 60) -> GatewayProcess:
         self.write_config()
         env = dict(os.environ, STREAMWARD_UPSTREAM_PASSWORD=self.password, PYTHONPATH=str(REPO))
