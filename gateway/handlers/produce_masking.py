@@ -41,7 +41,6 @@ class ProduceMasking:
     body: dict[str, Any]  # the request to forward (the original dict, changed in place where records changed)
     changed: bool = False  # records were rewritten or partitions taken out: the request must be re-encoded
     refused: dict[Any, list[dict[str, Any]]] = field(default_factory=dict)  # topic key -> refused partition responses
-    refusal_reasons: list[str] = field(default_factory=list)
 
     @property
     def anything_left(self) -> bool:
@@ -104,7 +103,6 @@ def produce_masking(body: dict[str, Any], version: int, view: PrincipalView, eng
                 result.changed = result.changed or masked
                 continue
             log.info("%s: refused produce to %s[%d]: %s", peer, name, partition["index"], error)
-            result.refusal_reasons.append(f"{name}[{partition['index']}]: {error}")
             result.refused.setdefault(key, []).append(response(
                 PRODUCE, version, "responses.partition_responses", index=partition["index"],
                 error_code=INVALID_RECORD, base_offset=-1, log_append_time_ms=-1, log_start_offset=-1,
