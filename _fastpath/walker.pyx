@@ -21,6 +21,8 @@ typed by hand) is a flat int32 program:
     MARK slot               record the current position in marks[slot]
     TAGS watch              tagged fields: varint count, then (varint tag, varint size, size bytes);
                             when watch >= 0, the value position of tag t < 8 goes to marks[watch + t]
+    LOG code                append (code, current position) to the log: MARK for fields inside arrays,
+                            which occur once per element (walk_logged only; walk ignores it)
 
 Every length is checked against the bytes that are left before it is used;
 varints longer than 5 bytes are errors. Any violation raises WalkError.
@@ -45,9 +47,10 @@ cdef enum:
     OP_NSTRUCT = 7
     OP_MARK = 8
     OP_TAGS = 9
+    OP_LOG = 10
 
 OPS = {"SKIP": OP_SKIP, "STR16": OP_STR16, "STRC": OP_STRC, "BYTES32": OP_BYTES32, "BYTESC": OP_BYTESC,
-       "ARRAY32": OP_ARRAY32, "ARRAYC": OP_ARRAYC, "NSTRUCT": OP_NSTRUCT, "MARK": OP_MARK, "TAGS": OP_TAGS}
+       "ARRAY32": OP_ARRAY32, "ARRAYC": OP_ARRAYC, "NSTRUCT": OP_NSTRUCT, "MARK": OP_MARK, "TAGS": OP_TAGS, "LOG": OP_LOG}
 
 # Nesting is bounded by the specs (a handful of levels); the limit guards the C stack.
 DEF MAX_DEPTH = 16
@@ -112,7 +115,8 @@ cdef inline int _skip_sized(Cursor* c, Py_ssize_t size, bint nullable, bint is_n
     return 0
 
 
-cdef int _run(const int* ops, Py_ssize_t start, Py_ssize_t stop, Cursor* c, Py_ssize_t* marks, int depth) except -1:
+cdef int _run(const int* ops, Py_ssize_t start, Py_ssize_t stop, Cursor* c, Py_ssize_t* marks, list log,
+              int depth) except -1:
     cdef Py_ssize_t i = start, n, count, k, body, tag, size, watch, value_at
     cdef int op
     if depth > MAX_DEPTH:
@@ -155,7 +159,7 @@ cdef int _run(const int* ops, Py_ssize_t start, Py_ssize_t stop, Cursor* c, Py_s
                 raise WalkError(f"array of {count} elements with {c.end - c.pos} bytes left")
             if body > 0:
                 for k in range(count):
-                    _run(ops, i + 3, i + 3 + body, c, marks, depth + 1)
+                    _run(ops, i + 3, i + 3 + body, c, marks, log, depth + 1)
             i += 3 + body
         elif op == OP_NSTRUCT:
             _need(c, 1)
@@ -164,7 +168,7 @@ cdef int _run(const int* ops, Py_ssize_t start, Py_ssize_t stop, Cursor* c, Py_s
                 c.pos += 1
             else:
                 c.pos += 1
-                _run(ops, i + 2, i + 2 + body, c, marks, depth + 1)
+                _run(ops, i + 2, i + 2 + body, c, marks, log, depth + 1)
             i += 2 + body
         elif op == OP_MARK:
             marks[ops[i + 1]] = c.pos
@@ -180,6 +184,10 @@ cdef int _run(const int* ops, Py_ssize_t start, Py_ssize_t stop, Cursor* c, Py_s
                 c.pos += size
                 if watch >= 0 and tag < 8:
                     marks[watch + tag] = value_at
+            i += 2
+        elif op == OP_LOG:
+            if log is not None:
+                log.append((ops[i + 1], c.pos))
             i += 2
         else:
             raise WalkError(f"bad plan opcode {op}")
@@ -209,6 +217,19 @@ cdef class Plan:
 
     def walk(self, frame, Py_ssize_t start=4):
         """Walk frame[start:] to its end; return the marks (positions in frame, -1 when absent)."""
+        return self._walk(frame, start, None)
+
+    def walk_logged(self, frame, Py_ssize_t start=4, Py_ssize_t received=-1):
+        """As walk, and also the log: [(code, position)] of every LOG passed, in frame order.
+
+        With ``received`` >= 0 only frame[:received] has arrived: the walk goes as far as those bytes allow
+        and returns what it logged on the way, raising nothing (the whole frame is walked again once it is
+        complete, and only that walk judges it). Marks are then meaningless."""
+        log = []
+        marks = self._walk(frame, start, log, received)
+        return marks, log
+
+    cdef list _walk(self, frame, Py_ssize_t start, list log, Py_ssize_t received=-1):
         cdef Py_buffer view
         cdef Cursor c
         cdef Py_ssize_t marks[MAX_MARKS]
@@ -218,12 +239,19 @@ cdef class Plan:
         PyObject_GetBuffer(frame, &view, PyBUF_SIMPLE)
         try:
             c.data = <const unsigned char*>view.buf
-            c.end = view.len
+            c.end = view.len if received < 0 else min(received, view.len)
             c.pos = start
             if start < 0 or start > c.end:
+                if received >= 0:
+                    return []
                 raise WalkError("start outside the frame")
-            _run(self._ops, 0, self._len, &c, marks, 0)
-            if c.pos != c.end:
+            try:
+                _run(self._ops, 0, self._len, &c, marks, log, 0)
+            except WalkError:
+                if received < 0:
+                    raise
+                return []
+            if c.pos != c.end and received < 0:
                 raise WalkError(f"{c.end - c.pos} bytes left after the message")
         finally:
             PyBuffer_Release(&view)

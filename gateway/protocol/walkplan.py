@@ -5,7 +5,9 @@ version, then the body, field by field as the spec lays it out at that version.
 Top-level fields named in ``marks`` get a MARK (their position is reported),
 and the top-level tagged-field section reports where tags 0..7 start, so the
 caller can tell e.g. that a Produce response carries NodeEndpoints (tag 0)
-without decoding it.
+without decoding it. Fields at any depth named in ``logs`` by their dotted path
+(``responses.partitions.records``) get a LOG: ``walk_logged`` reports where each
+occurrence starts, once per array element, in frame order.
 """
 
 from __future__ import annotations
@@ -30,38 +32,45 @@ class WalkPlan:
     def walk(self, frame: object) -> list[int]:
         return self.plan.walk(frame, 4)
 
+    def walk_logged(self, frame: object, received: int = -1) -> tuple[list[int], list[tuple[int, int]]]:
+        """The marks, and [(index in logs, position)] for every logged field passed; with ``received``, the
+        fields logged within the first ``received`` bytes, raising nothing (see Plan.walk_logged)."""
+        return self.plan.walk_logged(frame, 4, received)
+
 
 def _fields(fields: tuple[FieldSpec, ...], version: int, flexible: bool, top_marks: dict[str, int] | None,
-            tag_watch: int) -> list[int]:
+            tag_watch: int, logs: dict[str, int], path: str) -> list[int]:
     ops: list[int] = []
     for field in fields:
         if not field.present(version) or (flexible and field.tagged(version)):
             continue
         if top_marks is not None and field.snake_name in top_marks:
             ops += [OPS["MARK"], top_marks[field.snake_name]]
-        ops += _field(field, version, flexible)
+        if path + field.snake_name in logs:
+            ops += [OPS["LOG"], logs[path + field.snake_name]]
+        ops += _field(field, version, flexible, logs, f"{path}{field.snake_name}.")
     if flexible:
         ops += [OPS["TAGS"], tag_watch]
     return _merge_skips(ops)
 
 
-def _field(field: FieldSpec, version: int, flexible: bool) -> list[int]:
+def _field(field: FieldSpec, version: int, flexible: bool, logs: dict[str, int], path: str) -> list[int]:
     compact = in_versions(field.flexible_versions, version)
     nullable = int(field.nullable(version))
     if field.is_array:
-        body = _element(field, version, flexible)
+        body = _element(field, version, flexible, logs, path)
         return [OPS["ARRAYC" if compact else "ARRAY32"], nullable, len(body), *body]
     if field.is_struct:
-        body = _fields(field.fields, version, flexible, None, -1)
+        body = _fields(field.fields, version, flexible, None, -1, logs, path)
         if nullable:
             return [OPS["NSTRUCT"], len(body), *body]
         return body
     return _scalar(field.type, compact, nullable)
 
 
-def _element(field: FieldSpec, version: int, flexible: bool) -> list[int]:
+def _element(field: FieldSpec, version: int, flexible: bool, logs: dict[str, int], path: str) -> list[int]:
     if field.is_struct:
-        return _fields(field.fields, version, flexible, None, -1)
+        return _fields(field.fields, version, flexible, None, -1, logs, path)
     compact = in_versions(field.flexible_versions, version)
     return _scalar(field.element_type, compact, 0)
 
@@ -112,8 +121,10 @@ def _width(ops: list[int], i: int) -> int:
 
 
 @lru_cache(maxsize=512)
-def plan_for(kind: str, api_key: int, version: int, marks: tuple[str, ...] = ()) -> WalkPlan:
-    """The plan for a request or response frame of (api_key, version), marking the named top-level fields."""
+def plan_for(kind: str, api_key: int, version: int, marks: tuple[str, ...] = (),
+             logs: tuple[str, ...] = ()) -> WalkPlan:
+    """The plan for a request or response frame of (api_key, version), marking the named top-level fields
+    and logging the fields at the dotted paths in logs (code: the index in logs)."""
     if kind == "request":
         spec = schema.REQUESTS[api_key]
         header_version = schema.request_header_version(api_key, version)
@@ -127,5 +138,6 @@ def plan_for(kind: str, api_key: int, version: int, marks: tuple[str, ...] = ())
     mark_slots = {name: slot for slot, name in enumerate(marks)}
     tag_base = len(marks)
     flexible = spec.flexible_min is not None and version >= spec.flexible_min
-    body = _fields(spec.fields, version, flexible, mark_slots, tag_base if flexible else -1)
+    body = _fields(spec.fields, version, flexible, mark_slots, tag_base if flexible else -1,
+                   {path: code for code, path in enumerate(logs)}, "")
     return WalkPlan(Plan(header + body, tag_base + TAG_SLOTS), mark_slots, tag_base)
