@@ -19,11 +19,20 @@ held only as the chunks that actually arrived: a peer that declares a huge frame
 and sends nothing costs nothing.
 """
 
+from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 
 class FrameError(Exception):
     """The stream cannot be framed; the connection must be closed. The message is safe to log."""
+
+
+def unfilled_bytearray(Py_ssize_t size):
+    """A bytearray of size bytes, not zeroed: for a buffer that is filled whole before anyone reads it.
+    (``bytearray(size)`` writes zeros over megabytes only for them to be overwritten.)"""
+    if size < 0:
+        raise ValueError("negative size")
+    return PyByteArray_FromStringAndSize(NULL, size)
 
 
 cdef inline int _be32(const unsigned char* p) noexcept nogil:

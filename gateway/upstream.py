@@ -21,6 +21,7 @@ import ssl
 import struct
 from typing import Any, Protocol
 
+from _fastpath.frame import unfilled_bytearray
 from gateway.config import Limits, UpstreamSettings
 from gateway.protocol import codec
 from gateway.protocol.apis import SASL_AUTHENTICATE, SASL_HANDSHAKE
@@ -37,6 +38,7 @@ class UpstreamError(Exception):
 
 class UpstreamSink(Protocol):
     def upstream_frames(self, frames: list[tuple[Any, int]]) -> None: ...
+    def upstream_progress(self, frame: bytearray, received: int) -> None: ...
     def upstream_closed(self, reason: str) -> None: ...
     def upstream_pause_writing(self) -> None: ...
     def upstream_resume_writing(self) -> None: ...
@@ -177,6 +179,8 @@ class Upstream(asyncio.BufferedProtocol):
         if self._large is not None:
             self._large_have += nbytes
             if self._large_have < len(self._large):
+                if self._sink is not None:
+                    self._sink.upstream_progress(self._large, self._large_have)
                 return
             frame = self._large
             assert self._large_view is not None
@@ -209,7 +213,8 @@ class Upstream(asyncio.BufferedProtocol):
             if total > SCRATCH_BYTES // 2:
                 # The rest goes straight into its final place (the broker is trusted with the size: it is
                 # capped by max_response_bytes, and the gateway asked for this response).
-                self._large = bytearray(total)
+                # Not zeroed: every byte is received into it before the frame is handed on.
+                self._large = unfilled_bytearray(total)
                 self._large_view = memoryview(self._large)
                 self._large[:end - pos] = view[pos:end]
                 self._large_have = end - pos
