@@ -373,7 +373,7 @@ class ClientConnection(asyncio.Protocol):
             return None
         return outcome
 
-    def _fetch_masking(self, body: dict[str, Any], version: int) -> FixResponse | None:
+    def _fetch_masking(self, body: dict[str, Any], version: int) -> masking.FetchMasking | None:
         assert self.views is not None
         return masking.fetch_masking(body, version, self.views.view(), self.ctx.policy.engine(), self.ctx.maskers,
                                      self.ctx.cluster.name_of, self.ctx.config.limits.max_response_bytes, self.peer)
@@ -566,6 +566,15 @@ class ClientConnection(asyncio.Protocol):
                     # A long poll answered after the grant's end must not deliver: close instead.
                     self.close(f"access grant {ended} ended")
                     return
+            if type(fix) is masking.FetchMasking:
+                try:
+                    spliced = fix.splice(frame)
+                except WalkError as exc:
+                    self.close(f"cannot mask api_key={api_key} v{version} response: {exc}")
+                    return
+                if spliced is not None:
+                    out += spliced
+                    continue
             rewrite = RESPONSE_REWRITES.get(api_key)
             if fix is not None or (rewrite is not None and version >= rewrite[0]):
                 try:
@@ -585,6 +594,14 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.resume_reading()
         if self.state == DRAINING and not inflight:
             self.close("drained")
+
+    def upstream_progress(self, frame: bytearray, received: int) -> None:
+        """The first ``received`` bytes of a large response are in: a masked Fetch's masking runs ahead on them."""
+        for expected, _, _, answer, fix, _ in self.inflight:
+            if answer is None:
+                if type(fix) is masking.FetchMasking and received >= 8 and _INT32.unpack_from(frame, 4)[0] == expected:
+                    fix.advance(frame, received)
+                return
 
     def _rewrite(self, frame: Any, api_key: int, version: int, rewrite: ResponseRewrite | None,
                  fix: FixResponse | None) -> Any:

@@ -1,6 +1,7 @@
 """Hostile record batches on the masked Fetch path, and what an unmasked topic costs.
 
-Unit level, against gateway.handlers.masking.fetch_masking with hand-made Fetch responses: a partition whose records
+Unit level, against gateway.handlers.masking.fetch_masking with hand-made Fetch responses, both as a decoded response
+and as the frame the gateway splices (the two must agree byte for byte): a partition whose records
 cannot be parsed or masked (wrong lengths, varints running over, bad CRC, legacy message sets, decompression bombs)
 is emptied (records b"") with a warning naming topic and partition, never passed through, while the other partitions
 and topics of the same response are untouched; a trailing partial batch, which brokers send routinely, is dropped
@@ -126,6 +127,11 @@ def apply(engine: Engine, hostile: bytes, version: int = 12, *, error: int = 0) 
     assert (good_partition["error_code"], good_partition["high_watermark"]) == (0, 4242)
     # An emptied partition says why (CORRUPT_MESSAGE); one that only lost a truncated tail is not in error.
     assert (hostile_partition["error_code"], hostile_partition["high_watermark"]) == (error, 4242)
+    # The gateway's own path splices the frame as received instead; it must give the same response, byte for byte.
+    frame = codec.encode_response_frame(FETCH, version, 7, fetch_response(hostile, version))
+    spliced = fix.splice(frame)  # the same fix-up: its warning about this partition is not repeated
+    assert spliced is not None
+    assert b"".join(spliced) == codec.encode_response_frame(FETCH, version, 7, response)
     return hostile_partition["records"]
 
 

@@ -11,23 +11,24 @@ without masking rules are not touched.
 from __future__ import annotations
 
 import logging
+import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from _fastpath.mask import Masker
 from _fastpath.record_batch import UnmaskableRecords, mask_records
 from gateway.policy.engine import Engine, PrincipalView
 from gateway.policy.model import MaskingRule
+from gateway.protocol.apis import FETCH
 from gateway.protocol.errors import CORRUPT_MESSAGE
+from gateway.protocol.walkplan import plan_for
 
 log = logging.getLogger("streamward.masking")
 
 # A client stuck on an unmaskable partition refetches it in a loop: one warning per partition per this long.
 WARN_EVERY_S = 10.0
 WARNED_LIMIT = 4096
-
-FixResponse = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class MaskerCache:
@@ -70,8 +71,8 @@ class MaskerCache:
 
 
 def fetch_masking(body: dict[str, Any], version: int, view: PrincipalView, engine: Engine, cache: MaskerCache,
-                  name_of: Callable[[bytes], str | None], max_output: int, peer: str) -> FixResponse | None:
-    """The response fix-up masking this Fetch's masked topics, or None when none of them is masked."""
+                  name_of: Callable[[bytes], str | None], max_output: int, peer: str) -> FetchMasking | None:
+    """How to mask the response to this Fetch, or None when none of its topics is masked."""
     maskers: dict[Any, tuple[str, Masker]] = {}
     for topic in body["topics"]:
         key = topic["topic_id"] if version >= 13 else topic["topic"]
@@ -83,29 +84,169 @@ def fetch_masking(body: dict[str, Any], version: int, view: PrincipalView, engin
             maskers[key] = (name, cache.masker(engine, tuple(names)))
     if not maskers:
         return None
+    return FetchMasking(maskers, version, cache, max_output, peer)
 
-    def mask(response: dict[str, Any]) -> dict[str, Any]:
+
+# Where the splice looks in a Fetch response: each topic's key (a name before v13, an id from v13), and each
+# partition's index (its error code follows it in every version) and records.
+_LOGS = ("responses.topic", "responses.topic_id", "responses.partitions.partition_index",
+         "responses.partitions.records")
+_TOPIC, _TOPIC_ID, _PARTITION, _RECORDS = range(len(_LOGS))
+_FLEXIBLE_FROM = 12  # Fetch v12+: compact strings and records, tagged fields
+_TOPIC_IDS_FROM = 13
+_NODE_ENDPOINTS_FROM = 16
+_NODE_ENDPOINTS_TAG = 0
+_INT16 = struct.Struct(">h")
+_INT32 = struct.Struct(">i")
+_CORRUPT = _INT16.pack(CORRUPT_MESSAGE)
+_UNCHANGED: Any = object()  # masked ahead, and nothing changed
+
+
+class FetchMasking:
+    """Masks the masked topics' records in a Fetch response, in one of two ways.
+
+    ``splice(frame)`` works on the frame as received: a walk compiled from the spec finds every partition's
+    records, the kernel masks them in place of a memoryview, and the response goes out as the broker's bytes
+    with only the masked records (and their length prefixes) replaced: no decode, no re-encode, no copy of
+    what did not change. ``advance(frame, received)`` runs ahead while a large response is still arriving:
+    partitions whose records are all in are masked then, so masking overlaps the broker's sending, and
+    splice uses what was masked ahead. Called with the decoded response instead (the dict path), it masks
+    that; the connection uses it when another fix-up (authorization, broker addresses) needs the decoded
+    response.
+    """
+
+    __slots__ = ("maskers", "version", "cache", "max_output", "peer", "_ahead")
+
+    def __init__(self, maskers: dict[Any, tuple[str, Masker]], version: int, cache: MaskerCache, max_output: int,
+                 peer: str) -> None:
+        self.maskers = maskers  # topic key (name before v13, id from v13) -> (topic name, masker)
+        self.version = version
+        self.cache = cache
+        self.max_output = max_output
+        self.peer = peer
+        self._ahead: dict[int, Any] = {}  # where a partition's records field starts -> what _mask gave for it
+
+    def _mask(self, name: str, partition: int, records: Any, masker: Masker) -> Any:
+        """The masked records, records itself when nothing changed, or None when they cannot be masked."""
+        try:
+            result = mask_records(records, masker, max_output=self.max_output)
+        except UnmaskableRecords as exc:
+            # Never passed through; and the client is told (its own error for bad data), rather than
+            # seeing an empty partition and refetching it forever in silence.
+            self.cache.warn_emptied(self.peer, name, partition, str(exc))
+            return None
+        if not result.changed:
+            return records
+        self.cache.count(name, result.counts)
+        return result.data
+
+    def __call__(self, response: dict[str, Any]) -> dict[str, Any]:
+        topic_id = self.version >= _TOPIC_IDS_FROM
         for topic in response["responses"]:
-            entry = maskers.get(topic["topic_id"] if version >= 13 else topic["topic"])
+            entry = self.maskers.get(topic["topic_id"] if topic_id else topic["topic"])
             if entry is None:
                 continue
             name, masker = entry
             for partition in topic["partitions"]:
-                records = partition["records"]
-                if not records:
+                if not partition["records"]:
                     continue
-                try:
-                    result = mask_records(records, masker, max_output=max_output)
-                except UnmaskableRecords as exc:
-                    # Never passed through; and the client is told (its own error for bad data), rather
-                    # than seeing an empty partition and refetching it forever in silence.
-                    cache.warn_emptied(peer, name, partition["partition_index"], str(exc))
+                masked = self._mask(name, partition["partition_index"], partition["records"], masker)
+                if masked is None:
                     partition["records"] = b""
                     partition["error_code"] = CORRUPT_MESSAGE
-                    continue
-                if result.changed:
-                    partition["records"] = result.data
-                    cache.count(name, result.counts)
+                else:
+                    partition["records"] = masked
         return response
 
-    return mask
+    def advance(self, frame: Any, received: int) -> None:
+        """Mask the partitions whose records lie whole within the first ``received`` bytes of the frame, which is
+        still arriving; what cannot be told yet (or at all) is left to splice, which walks the whole frame."""
+        plan = plan_for("response", FETCH, self.version, (), _LOGS)
+        for _ in self._masked(memoryview(frame), plan.walk_logged(frame, received)[1], received):
+            pass  # _masked keeps what it masked
+
+    def splice(self, frame: Any) -> list[Any] | None:
+        """The masked response as chunks to write in order (size prefix first), or None when the frame needs
+        the dict path (it carries leader hints, whose broker addresses are rewritten on the decoded body)."""
+        version = self.version
+        plan = plan_for("response", FETCH, version, (), _LOGS)
+        marks, log = plan.walk_logged(frame)
+        if version >= _NODE_ENDPOINTS_FROM and marks[plan.tag_base + _NODE_ENDPOINTS_TAG] >= 0:
+            return None
+        flexible = version >= _FLEXIBLE_FROM
+        data = memoryview(frame)
+        chunks: list[Any] = []
+        done = 4  # frame bytes before this are in chunks (the size prefix is written last)
+        for at, masked in self._masked(data, log, len(data)):
+            start, size, partition_at = masked[1], masked[2], masked[3]
+            if masked[0] is None:
+                error_at = partition_at + 4
+                chunks += [data[done:error_at], _CORRUPT, data[error_at + 2:at], _length(0, flexible)]
+            else:
+                chunks += [data[done:at], _length(len(masked[0]), flexible), masked[0]]
+            done = start + size
+        if done == 4:
+            return [frame]
+        chunks.append(data[done:])
+        return [_INT32.pack(sum(len(chunk) for chunk in chunks)), *chunks]
+
+    def _masked(self, data: memoryview, log: list[tuple[int, int]], received: int) -> Iterator[tuple[int, tuple]]:
+        """(where the records field starts, (masked records or None when unmaskable, where its bytes start, their
+        size, where its partition starts)) for each masked partition whose records changed, in frame order, as
+        far as the first ``received`` bytes go."""
+        flexible = self.version >= _FLEXIBLE_FROM
+        entry: tuple[str, Masker] | None = None
+        partition_at = 0
+        for code, at in log:
+            if code == _TOPIC_ID:
+                entry = self.maskers.get(bytes(data[at:at + 16]))
+            elif code == _TOPIC:
+                size, start = _extent(data, at, flexible, _INT16)
+                entry = self.maskers.get(bytes(data[start:start + size]).decode("utf-8", "replace"))
+            elif code == _PARTITION:
+                partition_at = at
+            elif entry is not None:
+                if at + 5 > received:
+                    continue  # its length prefix (at most 5 bytes) may not be all in yet
+                size, start = _extent(data, at, flexible, _INT32)
+                if size <= 0 or start + size > received:
+                    continue
+                masked = self._ahead.get(at)
+                if masked is None:
+                    records = data[start:start + size]
+                    result = self._mask(entry[0], _INT32.unpack_from(data, partition_at)[0], records, entry[1])
+                    masked = (None if result is records else (result, start, size, partition_at))
+                    self._ahead[at] = masked or _UNCHANGED
+                elif masked is _UNCHANGED:
+                    continue
+                if masked is not None:
+                    yield at, masked
+
+
+def _extent(data: memoryview, at: int, flexible: bool, fixed: struct.Struct) -> tuple[int, int]:
+    """(size, where the bytes start) of the string or records field at ``at``: an unsigned varint of size + 1
+    in flexible versions, else a ``fixed`` int16 (strings) or int32 (records); size -1 when null. The walk
+    has already checked every length against the frame."""
+    if not flexible:
+        return fixed.unpack_from(data, at)[0], at + fixed.size
+    value, shift, pos = 0, 0, at
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value - 1, pos
+        shift += 7
+
+
+def _length(size: int, flexible: bool) -> bytes:
+    """A records length prefix: an unsigned varint of size + 1 (flexible versions) or an int32."""
+    if not flexible:
+        return _INT32.pack(size)
+    value = size + 1
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -1,0 +1,159 @@
+"""The masked Fetch path the gateway takes: FetchMasking.splice works on the response frame as the broker sent it.
+
+For every Fetch version the gateway forwards, with names (v4-v12) or topic ids (v13+), plain (v4-v11) or flexible
+(v12+) encodings: the spliced response is byte for byte the one the decoded path (mask the decoded response,
+encode it again) gives, while masked partitions are masked, null and empty records stay as they are, aborted
+transactions and watermarks are kept, an unmaskable partition is emptied with CORRUPT_MESSAGE, and a response
+naming no masked partition goes out as the broker's very frame. A response with leader hints (NodeEndpoints,
+v16+) is left to the decoded path, which rewrites their broker addresses.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from _fastpath.record_batch import iter_records
+from _fastpath.walker import WalkError
+from gateway.handlers.masking import FetchMasking, MaskerCache, fetch_masking
+from gateway.policy.engine import Engine
+from gateway.policy.loader import load_policies
+from gateway.protocol import codec
+from gateway.protocol.apis import FETCH
+from gateway.protocol.errors import CORRUPT_MESSAGE
+from tests.masking_data import PLAIN, LeakScanner, check_masked, make_sample, masking_policy, sample_batch
+
+MASKED, OTHER_MASKED, PLAIN_TOPIC = "masked-orders", "masked-refunds", "plain-orders"
+TOPIC_IDS = {MASKED: b"M" * 16, OTHER_MASKED: b"R" * 16, PLAIN_TOPIC: b"P" * 16}
+SAMPLES = [make_sample(i, MASKED, 0, PLAIN) for i in range(5)]
+GOOD = sample_batch(SAMPLES)
+SCANNER = LeakScanner(SAMPLES)
+VERSIONS = [4, 7, 11, 12, 13, 15, 16, 17]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> Engine:
+    path = tmp_path_factory.mktemp("splice-policy") / "policy.yaml"
+    path.write_text(masking_policy("masked-", "plain-"))
+    return Engine(load_policies(path))
+
+
+def masking_for(engine: Engine, version: int) -> FetchMasking:
+    key = "topic_id" if version >= 13 else "topic"
+    body = {"topics": [{key: TOPIC_IDS[t] if version >= 13 else t, "partitions": [{"partition": 0}]}
+                       for t in (MASKED, OTHER_MASKED, PLAIN_TOPIC)]}
+    names = {topic_id: name for name, topic_id in TOPIC_IDS.items()}
+    fix = fetch_masking(body, version, engine.for_principal("analyst", ("analysts",)), engine,
+                        MaskerCache(b"k" * 32), names.get, 256 << 20, "splice-test")
+    assert fix is not None
+    return fix
+
+
+def response(version: int, masked: list[bytes | None], other: bytes | None = GOOD) -> dict:
+    """A masked topic with one partition per entry of `masked`, a plain topic between, another masked topic."""
+    def topic(name: str, partitions: list[dict]) -> dict:
+        return {"topic_id" if version >= 13 else "topic": TOPIC_IDS[name] if version >= 13 else name,
+                "partitions": partitions}
+
+    def partition(index: int, records: bytes | None) -> dict:
+        return {"partition_index": index, "error_code": 0, "high_watermark": 4242, "last_stable_offset": 4000,
+                "aborted_transactions": [{"producer_id": 9, "first_offset": 3}], "records": records}
+
+    return {"throttle_time_ms": 0, "error_code": 0, "session_id": 0,
+            "responses": [topic(MASKED, [partition(i, r) for i, r in enumerate(masked)]),
+                          topic(PLAIN_TOPIC, [partition(0, GOOD)]),
+                          topic(OTHER_MASKED, [partition(0, other)])]}
+
+
+def splice(fix: FetchMasking, body: dict, version: int) -> tuple[bytes, list]:
+    frame = codec.encode_response_frame(FETCH, version, 7, body)
+    chunks = fix.splice(frame)
+    assert chunks is not None
+    return frame, chunks
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_splice_equals_the_decoded_path(engine, version):
+    """Masked partitions masked (every record as the rules say, nothing left to leak), the plain topic's records
+    and every other field unchanged: the same bytes as decoding, masking and encoding again."""
+    body = response(version, [GOOD, None, b"", GOOD])
+    frame, chunks = splice(masking_for(engine, version), body, version)
+    spliced = b"".join(chunks)
+    assert spliced == codec.encode_response_frame(FETCH, version, 7, masking_for(engine, version)(body))
+    assert int.from_bytes(spliced[:4], "big") == len(spliced) - 4
+    correlation_id, decoded = codec.decode_response_frame(FETCH, version, spliced)
+    assert correlation_id == 7
+    masked_topic, plain_topic, other_topic = decoded["responses"]
+    assert [p["records"] for p in masked_topic["partitions"][1:3]] == [None, b""]
+    for records in (masked_topic["partitions"][0]["records"], masked_topic["partitions"][3]["records"],
+                    other_topic["partitions"][0]["records"]):
+        assert not SCANNER.leaks(records)
+        for sample, (_, _, key, value, headers) in zip(SAMPLES, iter_records(records), strict=True):
+            check_masked(sample, key, value, headers)
+    assert plain_topic["partitions"][0]["records"] == GOOD
+    assert SCANNER.leaks(GOOD), "the scanner must see the unmasked values, or the checks above prove nothing"
+    assert masked_topic["partitions"][0]["aborted_transactions"][0]["producer_id"] == 9
+    assert masked_topic["partitions"][0]["high_watermark"] == 4242
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_unmaskable_partition_is_emptied_with_corrupt_message(engine, version):
+    bad = bytearray(GOOD)
+    bad[-1] ^= 0xFF  # the CRC no longer matches
+    body = response(version, [GOOD, bytes(bad)])
+    _, chunks = splice(masking_for(engine, version), body, version)
+    _, decoded = codec.decode_response_frame(FETCH, version, b"".join(chunks))
+    good, emptied = decoded["responses"][0]["partitions"]
+    assert (emptied["records"], emptied["error_code"], emptied["high_watermark"]) == (b"", CORRUPT_MESSAGE, 4242)
+    assert good["error_code"] == 0 and not SCANNER.leaks(good["records"])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_nothing_to_mask_sends_the_brokers_frame(engine, version):
+    """Masked topics whose partitions hold no records: the frame object itself goes out, not a copy."""
+    frame, chunks = splice(masking_for(engine, version), response(version, [b"", None], other=None), version)
+    assert len(chunks) == 1 and chunks[0] is frame
+
+
+def test_leader_hints_take_the_decoded_path(engine):
+    body = response(16, [GOOD])
+    body["node_endpoints"] = [{"node_id": 1, "host": "broker-1.internal", "port": 9092, "rack": None}]
+    frame = codec.encode_response_frame(FETCH, 16, 7, body)
+    assert masking_for(engine, 16).splice(frame) is None
+
+
+@pytest.mark.parametrize("version", [4, 12, 17])
+def test_frames_that_do_not_follow_the_spec_are_refused(engine, version):
+    """A response cut short or carrying bytes past its end is an error (the connection closes), never a guess."""
+    frame = codec.encode_response_frame(FETCH, version, 7, response(version, [GOOD]))
+    fix = masking_for(engine, version)
+    for broken in (frame[:-5], frame + b"\x00"):
+        with pytest.raises(WalkError):
+            fix.splice(broken)
+
+
+@pytest.mark.parametrize("version", [4, 12, 17])
+def test_masking_ahead_of_a_partial_frame_gives_the_same_response(engine, version):
+    """Masking run ahead on every prefix of the frame as it arrives (as the connection does while a large
+    response comes in, with the rest of the buffer still holding garbage), then the splice of the whole: the
+    same bytes as splicing the whole frame at once, each partition masked exactly once."""
+    bad = bytearray(GOOD)
+    bad[-1] ^= 0xFF
+    body = response(version, [GOOD, None, bytes(bad), GOOD])
+    frame = codec.encode_response_frame(FETCH, version, 7, body)
+    expected = b"".join(masking_for(engine, version).splice(frame))
+    fix = masking_for(engine, version)
+    arriving = bytearray(b"\xff" * len(frame))  # not yet received bytes are garbage, never zeros to rely on
+    for received in [*range(0, len(frame), 97), len(frame) - 1]:  # a frame is handed on once it is whole
+        arriving[:received] = frame[:received]
+        fix.advance(arriving, received)
+    # Ahead: every masked partition holding records, but the last when its records end with the frame (v4).
+    assert len(fix._ahead) >= 3
+    arriving[:] = frame
+    assert b"".join(fix.splice(arriving)) == expected
+    assert sum(fix.cache.counts.values()) == sum(masking_for_counts(engine, version, frame).values())
+
+
+def masking_for_counts(engine: Engine, version: int, frame: bytes) -> dict[str, int]:
+    fix = masking_for(engine, version)
+    fix.splice(frame)
+    return fix.cache.counts
