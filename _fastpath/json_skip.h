@@ -18,8 +18,8 @@
 
    Returns the index just past the closing bracket, SW_SKIP_INVALID (a string or the container does not close
    within n, or a bracket of the wrong kind), SW_SKIP_UNDECIDED (nesting deeper than max_depth), or
-   SW_SKIP_FALLBACK. s[k] must be '{' or '['. No byte at or past n is read: the last partial block is copied
-   into a zero-padded local buffer (NUL is in no class).
+   SW_SKIP_FALLBACK. s[k] must be '{' or '['. No byte at or past n is read: the last partial block is read as the
+   64 bytes that end at n, shifted, or when n < 64 copied into a zero-padded local buffer (NUL is in no class).
 
    Two implementations of the block classification: SSE2 loads and compares with a PCLMULQDQ prefix XOR,
    compiled through a target attribute on those functions only, and portable C (SWAR, eight bytes a word, and a
@@ -208,6 +208,16 @@ static Py_ssize_t sw_json_skip_with(const sw_json_skip_impl *impl, const unsigne
         uint64_t escaped, quotes, string, brackets, bad, limit;
         if (n - k >= 64) {
             impl->classify(s + k, &b);
+        } else if (n >= 64) {
+            /* The last partial block read as the block that ends at n, its bytes before k shifted out: the same
+               bits as the zero-padded copy below (zeros come in past n), without copying. 0 < shift < 64. */
+            int shift = (int)(k - (n - 64));
+            impl->classify(s + n - 64, &b);
+            b.backslash >>= shift;
+            b.quote >>= shift;
+            b.open >>= shift;
+            b.close >>= shift;
+            b.curly >>= shift;
         } else {
             memset(tail, 0, sizeof tail);
             memcpy(tail, s + k, (size_t)(n - k));

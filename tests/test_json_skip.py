@@ -285,3 +285,17 @@ def test_default_is_simd_or_the_token_walk():
     before = _set_json_skip_impl(None)
     assert _set_json_skip_impl(None) == ("simd" if "simd" in IMPLS else "tokens")
     _set_json_skip_impl(before)
+
+
+def test_containers_starting_in_the_last_block_of_a_long_field():
+    """A container that starts less than 64 bytes before the end of a field of 64 bytes or more is read from the
+    block that ends at the field's end, shifted: at every start offset, with strings, escapes and brackets in the
+    bytes shifted out before it, the block scan agrees with the token walk (valid, cut and mutated)."""
+    rng = random.Random(4)
+    lead = b'["}\\"{' + b"x" * 70 + b'"\\\\"'
+    for _ in range(150):
+        doc = rand_container(rng)
+        for candidate in (doc, doc[:rng.randint(1, len(doc))], mutate(rng, doc)):
+            for pad in range(max(0, 64 - len(candidate)), 64 + 1):
+                data = lead[:pad] + candidate if pad <= len(lead) else b" " * pad + candidate
+                check(data, pad)
