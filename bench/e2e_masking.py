@@ -2,8 +2,10 @@
 
 One single-node cluster; records of ~1 KiB JSON, each with a card number and an email that the policy
 masks for the benchmark's identity, produced once per codec (none, lz4) straight to the broker. Then
-Kafka's ConsumerPerformance reads each topic directly (admin, no masking) and through the gateway
-(OAUTHBEARER, masking on), alternating, for several rounds. Writes bench/results/e2e_masking.json.
+Kafka's ConsumerPerformance reads each topic directly (admin, no masking), through the gateway with
+masking off (the same policy without its masking line: what proxying alone costs) and through the
+gateway with masking on (OAUTHBEARER), alternating, for several rounds. Writes
+bench/results/e2e_masking.json.
 
     python bench/e2e_masking.py [--records N] [--rounds R] [--workers W]
 """
@@ -41,6 +43,7 @@ masking:
   cards: {detector: card, strategy: partial, keep_last: 4}
   emails: {path: customer.email, strategy: hash}
 """
+UNMASKED_POLICY = POLICY.replace("    masking: [cards, emails]\n", "")
 
 
 def payload_file(path: Path, count: int = 2000) -> int:
@@ -95,24 +98,30 @@ def main() -> int:
             topic = f"bench-masked-{codec}"
             cluster.create_topic(topic, partitions=6, replication_factor=1)
             produce_payloads(lib, cluster, direct_config, topic, args.records, payloads, codec)
-            direct, through, cpu = [], [], []
+            direct, plain, through, cpu = [], [], [], []
             for round_index in range(args.rounds):
                 direct.append(consume(lib, cluster.bootstrap, topic, args.records, direct_config, [])["mb_s"])
+                gateway.install_policy(UNMASKED_POLICY)
+                plain.append(consume(lib, gateway.bootstrap, topic, args.records, gateway_config, gateway_jvm)["mb_s"])
+                gateway.install_policy(POLICY)
                 before = cpu_seconds(gateway.proc.pid)
                 through.append(consume(lib, gateway.bootstrap, topic, args.records, gateway_config,
                                        gateway_jvm)["mb_s"])
                 gigabytes = args.records * value_size / 1e9
                 cpu.append((cpu_seconds(gateway.proc.pid) - before) / gigabytes)
-                print(f"{codec:5s} round {round_index}: direct {direct[-1]:7.1f} MB/s, through the gateway with "
-                      f"masking {through[-1]:7.1f} MB/s", flush=True)
+                print(f"{codec:5s} round {round_index}: direct {direct[-1]:7.1f} MB/s, through the gateway "
+                      f"{plain[-1]:7.1f} MB/s without masking, {through[-1]:7.1f} MB/s with", flush=True)
             time.sleep(1.5)  # workers publish their counters about once a second
             masked = sum(int(line.rsplit(" ", 1)[1]) for line in gateway.metrics().splitlines()
                          if line.startswith("streamward_masked_fields_total{") and f'topic="{topic}"' in line)
             results[codec] = {"direct_consume_mb_s": statistics.median(direct),
                               "gateway_consume_mb_s": statistics.median(through),
                               "consume_ratio": statistics.median(through) / statistics.median(direct),
+                              "unmasked_consume_mb_s": statistics.median(plain),
+                              "unmasked_ratio": statistics.median(plain) / statistics.median(direct),
                               "gateway_cpu_s_per_gb": statistics.median(cpu),
-                              "fields_masked": masked, "direct_runs": direct, "gateway_runs": through}
+                              "fields_masked": masked, "direct_runs": direct, "gateway_runs": through,
+                              "unmasked_runs": plain}
         gateway.stop()
     finally:
         idp.stop()
@@ -122,10 +131,11 @@ def main() -> int:
     out = REPO / "bench" / "results" / "e2e_masking.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
-    print(f"\n{'codec':6s}{'direct MB/s':>14s}{'masked MB/s':>14s}{'ratio':>8s}{'core-s/GB':>11s}")
+    print(f"\n{'codec':6s}{'direct MB/s':>14s}{'unmasked MB/s':>15s}{'ratio':>8s}{'masked MB/s':>14s}{'ratio':>8s}"
+          f"{'core-s/GB':>11s}")
     for codec, r in results.items():
-        print(f"{codec:6s}{r['direct_consume_mb_s']:14.1f}{r['gateway_consume_mb_s']:14.1f}{r['consume_ratio']:8.3f}"
-              f"{r['gateway_cpu_s_per_gb']:11.2f}")
+        print(f"{codec:6s}{r['direct_consume_mb_s']:14.1f}{r['unmasked_consume_mb_s']:15.1f}{r['unmasked_ratio']:8.3f}"
+              f"{r['gateway_consume_mb_s']:14.1f}{r['consume_ratio']:8.3f}{r['gateway_cpu_s_per_gb']:11.2f}")
     print(f"written to {out}")
     return 0
 
