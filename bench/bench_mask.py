@@ -22,6 +22,7 @@ import struct
 import time
 
 import cramjam
+import crc32c
 import orjson
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
@@ -73,7 +74,25 @@ def _batch(codec: int, values: list[bytes] = VALUES) -> bytes:
     return bytes(builder.build())
 
 
+def _as_kafka_clients_write_lz4(plain: bytes) -> bytes:
+    """The uncompressed batch with its records in an LZ4 frame as Kafka's Java client and librdkafka write them:
+    independent 64 KiB blocks, no checksums (aiokafka's builder adds block checksums, which these clients do not
+    send)."""
+    records = memoryview(plain)[HEADER:]
+    frame = bytearray(b"\x04\x22\x4d\x18\x60\x40\x82")
+    for start in range(0, len(records), 65536):
+        block = bytes(cramjam.lz4.compress_block(records[start:start + 65536], store_size=False))
+        frame += struct.pack("<I", len(block)) + block
+    frame += b"\x00\x00\x00\x00"
+    batch = bytearray(plain[:HEADER]) + frame
+    struct.pack_into(">i", batch, 8, len(batch) - 12)             # batch length: all after base offset + length
+    struct.pack_into(">h", batch, 21, CODECS["lz4"])              # attributes: codec
+    struct.pack_into(">I", batch, 17, crc32c.crc32c(batch[21:]))  # CRC32C from attributes to the end
+    return bytes(batch)
+
+
 BATCHES = {name: _batch(codec) for name, codec in CODECS.items()}
+BATCHES["lz4"] = _as_kafka_clients_write_lz4(BATCHES["none"])
 SIZE = len(BATCHES["none"])     # the basis of every MB/s figure
 
 
