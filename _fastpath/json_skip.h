@@ -21,10 +21,12 @@
    SW_SKIP_FALLBACK. s[k] must be '{' or '['. No byte at or past n is read: the last partial block is read as the
    64 bytes that end at n, shifted, or when n < 64 copied into a zero-padded local buffer (NUL is in no class).
 
-   Two implementations of the block classification: SSE2 loads and compares with a PCLMULQDQ prefix XOR,
-   compiled through a target attribute on those functions only, and portable C (SWAR, eight bytes a word, and a
-   shift ladder for the prefix XOR). sw_json_skip_init picks the fast one from CPUID once; until it runs (and on
-   other CPUs, compilers and architectures) the portable one is used. Both give identical bitmasks.
+   Three implementations of the block classification: AVX-512BW (one load, mask compares), SSE2 (four loads,
+   compares and movemasks), both with a PCLMULQDQ prefix XOR and compiled through target attributes on those
+   functions only, and portable C (SWAR, eight bytes a word, and a shift ladder for the prefix XOR).
+   sw_json_skip_init picks the fastest from CPUID (and, for AVX-512, XGETBV: the OS must save ZMM state) once;
+   until it runs (and on other CPUs, compilers and architectures) the portable one is used. All give identical
+   bitmasks.
 
    Plain C99, no library. Every function is static: this header belongs to the one translation unit that
    includes it. */
@@ -134,6 +136,32 @@ static uint64_t sw_json_prefix_xor_clmul(uint64_t x) {
     return (uint64_t)_mm_cvtsi128_si64(_mm_clmulepi64_si128(v, ones, 0));
 }
 
+/* AVX-512BW: the 64-byte block in one load, each class a mask compare straight into a 64-bit mask. */
+__attribute__((target("avx512f,avx512bw")))
+static void sw_json_classify_avx512(const unsigned char *p, sw_json_bits *b) {
+    const __m512i v = _mm512_loadu_si512((const void *)p), w = _mm512_or_si512(v, _mm512_set1_epi8(0x20));
+    const __m512i open = _mm512_set1_epi8(0x7B), close = _mm512_set1_epi8(0x7D);
+    b->backslash = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(0x5C));
+    b->quote = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(0x22));
+    b->open = _mm512_cmpeq_epi8_mask(w, open);
+    b->close = _mm512_cmpeq_epi8_mask(w, close);
+    b->curly = _mm512_cmpeq_epi8_mask(v, open) | _mm512_cmpeq_epi8_mask(v, close);
+}
+
+/* CPUID leaf 7: EBX bit 16 AVX512F, bit 30 AVX512BW; and the OS saves the ZMM state (XCR0 bits 1, 2, 5, 6, 7:
+   SSE, AVX, opmask, upper ZMM halves, ZMM16-31; OSXSAVE is CPUID leaf 1 ECX bit 27). Plus PCLMULQDQ. */
+static inline int sw_json_cpu_has_avx512(void) {
+    unsigned int eax, ebx, ecx, edx, xcr0_lo, xcr0_hi;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & (1u << 27)) || !(ecx & (1u << 1)))
+        return 0;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    if ((xcr0_lo & 0xE6u) != 0xE6u)
+        return 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx))
+        return 0;
+    return (ebx & (1u << 16)) && (ebx & (1u << 30));
+}
+
 /* CPUID leaf 1: ECX bit 1 is PCLMULQDQ, EDX bit 26 SSE2 (read directly, as sha256.h does). */
 static inline int sw_json_cpu_has_simd(void) {
     unsigned int eax, ebx, ecx, edx;
@@ -143,7 +171,7 @@ static inline int sw_json_cpu_has_simd(void) {
 }
 #endif
 
-enum { SW_JSON_SKIP_AUTO = -1, SW_JSON_SKIP_SCALAR = 0, SW_JSON_SKIP_SIMD = 1 };
+enum { SW_JSON_SKIP_AUTO = -1, SW_JSON_SKIP_SCALAR = 0, SW_JSON_SKIP_SIMD = 1, SW_JSON_SKIP_AVX512 = 2 };
 
 typedef struct {
     sw_json_classify_fn classify;
@@ -153,6 +181,7 @@ typedef struct {
 static sw_json_skip_impl sw_json_skip_scalar_impl = {sw_json_classify_scalar, sw_json_prefix_xor_scalar};
 #if SW_JSON_SKIP_HAVE_SIMD
 static sw_json_skip_impl sw_json_skip_simd_impl = {sw_json_classify_sse2, sw_json_prefix_xor_clmul};
+static sw_json_skip_impl sw_json_skip_avx512_impl = {sw_json_classify_avx512, sw_json_prefix_xor_clmul};
 #endif
 static const sw_json_skip_impl *sw_json_skip_current = &sw_json_skip_scalar_impl;
 
@@ -166,15 +195,22 @@ static inline const sw_json_skip_impl *sw_json_skip_get(int which) {
 #if SW_JSON_SKIP_HAVE_SIMD
     if (which == SW_JSON_SKIP_SIMD && sw_json_cpu_has_simd())
         return &sw_json_skip_simd_impl;
+    if (which == SW_JSON_SKIP_AVX512 && sw_json_cpu_has_avx512())
+        return &sw_json_skip_avx512_impl;
 #endif
     return NULL;
 }
 
+/* The fastest block implementation this CPU has, or NULL when it has no SIMD one. */
+static inline const sw_json_skip_impl *sw_json_skip_fastest(void) {
+    const sw_json_skip_impl *impl = sw_json_skip_get(SW_JSON_SKIP_AVX512);
+    return impl != NULL ? impl : sw_json_skip_get(SW_JSON_SKIP_SIMD);
+}
+
 static inline void sw_json_skip_init(void) {
-#if SW_JSON_SKIP_HAVE_SIMD
-    if (sw_json_cpu_has_simd())
-        sw_json_skip_current = &sw_json_skip_simd_impl;
-#endif
+    const sw_json_skip_impl *impl = sw_json_skip_fastest();
+    if (impl != NULL)
+        sw_json_skip_current = impl;
 }
 
 /* The bytes escaped by backslashes in a block: each odd-length run of backslashes escapes the byte after it.

@@ -115,13 +115,15 @@ cdef extern from "json_skip.h":
     int SW_JSON_SKIP_AUTO
     int SW_JSON_SKIP_SCALAR
     int SW_JSON_SKIP_SIMD
+    int SW_JSON_SKIP_AVX512
     Py_ssize_t SW_SKIP_FALLBACK
     const sw_json_skip_impl* sw_json_skip_get(int which) noexcept nogil
+    const sw_json_skip_impl* sw_json_skip_fastest() noexcept nogil
     void sw_json_skip_init() noexcept nogil
     Py_ssize_t sw_json_skip_with(const sw_json_skip_impl* impl, const unsigned char* s, Py_ssize_t n, Py_ssize_t k,
                                  int max_depth) noexcept nogil
 
-sw_json_skip_init()     # SSE2 + PCLMULQDQ when the CPU has them, else the portable code
+sw_json_skip_init()     # AVX-512BW or SSE2, with PCLMULQDQ, when the CPU has them, else the portable code
 
 cdef extern from *:
     """
@@ -1232,10 +1234,10 @@ cdef inline Py_ssize_t _string_end(const unsigned char* s, Py_ssize_t n, Py_ssiz
         k += 2
 
 
-# The block skip in use (json_skip.h), or NULL for the token walk alone: the SIMD one where the CPU has it. The
+# The block skip in use (json_skip.h), or NULL for the token walk alone: the fastest SIMD one the CPU has. The
 # portable block code is slower than the token walk on ~1 KiB documents (five SWAR compares per 8 bytes), so
-# without SIMD the token walk stays; _set_json_skip_impl forces either for tests.
-cdef const sw_json_skip_impl* _json_skip = sw_json_skip_get(SW_JSON_SKIP_SIMD)
+# without SIMD the token walk stays; _set_json_skip_impl forces any of them for tests.
+cdef const sw_json_skip_impl* _json_skip = sw_json_skip_fastest()
 
 
 cdef Py_ssize_t _skip_container(const unsigned char* s, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
@@ -1904,13 +1906,16 @@ cdef dict counts_by_name(MaskCtx* ctx, Masker masker):
     return counts
 
 
-_JSON_SKIP_IMPLS = {"scalar": SW_JSON_SKIP_SCALAR, "simd": SW_JSON_SKIP_SIMD}
+_JSON_SKIP_IMPLS = {"scalar": SW_JSON_SKIP_SCALAR, "simd": SW_JSON_SKIP_SIMD, "avx512": SW_JSON_SKIP_AVX512}
 
 
 cdef str _json_skip_name(const sw_json_skip_impl* impl):
     if impl == NULL:
         return "tokens"
-    return "simd" if impl == sw_json_skip_get(SW_JSON_SKIP_SIMD) else "scalar"
+    for name, which in _JSON_SKIP_IMPLS.items():
+        if impl == sw_json_skip_get(which):
+            return name
+    return "scalar"
 
 
 cdef const sw_json_skip_impl* _json_skip_named(str impl) except? NULL:
@@ -1925,7 +1930,8 @@ cdef const sw_json_skip_impl* _json_skip_named(str impl) except? NULL:
 
 def _json_skip_for_tests(data, Py_ssize_t start=0, str impl=None, bint raw=False):
     """For tests: where skipping the object or array at data[start] ends (the index past it, -1 invalid, -2
-    undecided), through the skip in use, the token walk ("tokens"), or a block implementation ("scalar", "simd");
+    undecided), through the skip in use, the token walk ("tokens"), or a block implementation ("scalar", "simd",
+    "avx512");
     raw: the block scan's own answer, -4 where it hands over to the token walk. ValueError when this CPU lacks
     the implementation or data[start] is not '{' or '['."""
     cdef const unsigned char[::1] view = memoryview(data).cast("B")
@@ -1947,12 +1953,12 @@ def _json_skip_for_tests(data, Py_ssize_t start=0, str impl=None, bint raw=False
 
 
 def _set_json_skip_impl(str impl=None):
-    """For tests: make every Masker skip containers through impl ("scalar", "simd", "tokens"; None: the default,
-    "simd" where the CPU has it, else "tokens"); the name of the one in use before."""
+    """For tests: make every Masker skip containers through impl ("scalar", "simd", "avx512", "tokens"; None: the
+    default, the fastest SIMD one the CPU has, else "tokens"); the name of the one in use before."""
     global _json_skip
     cdef str before = _json_skip_name(_json_skip)
     if impl is None:
-        _json_skip = sw_json_skip_get(SW_JSON_SKIP_SIMD)
+        _json_skip = sw_json_skip_fastest()
     elif impl == "tokens":
         _json_skip = NULL
     else:
