@@ -39,6 +39,7 @@ from gateway.auth.principal import ANONYMOUS_SUBJECT, Principal
 from gateway.authz import Outcome, authorize
 from gateway.cluster import UnmappableNode
 from gateway.handlers import addresses, apiversions, masking, produce_masking, sasl
+from gateway.handlers.share_sessions import ShareSessionError, ShareSessions
 from gateway.policy.snapshot import ViewHolder
 from gateway.protocol import codec
 from gateway.protocol.apis import (
@@ -51,6 +52,8 @@ from gateway.protocol.apis import (
     PRODUCE,
     SASL_AUTHENTICATE,
     SASL_HANDSHAKE,
+    SHARE_ACKNOWLEDGE,
+    SHARE_FETCH,
 )
 from gateway.protocol.errors import UNSUPPORTED_VERSION
 from gateway.protocol.walkplan import plan_for
@@ -74,6 +77,8 @@ RESPONSE_REWRITES: dict[int, tuple[int, ResponseRewrite]] = {
     DESCRIBE_CLUSTER: (0, lambda body, version, ctx: addresses.rewrite_describe_cluster(body, version, ctx.cluster)),
     PRODUCE: (10, lambda body, version, ctx: addresses.rewrite_node_endpoints(body, version, ctx.cluster)),
     FETCH: (16, lambda body, version, ctx: addresses.rewrite_node_endpoints(body, version, ctx.cluster)),
+    SHARE_FETCH: (0, lambda body, version, ctx: addresses.rewrite_node_endpoints(body, version, ctx.cluster)),
+    SHARE_ACKNOWLEDGE: (0, lambda body, version, ctx: addresses.rewrite_node_endpoints(body, version, ctx.cluster)),
 }
 
 
@@ -152,6 +157,7 @@ class ClientConnection(asyncio.Protocol):
         #  ids of the access grants the request was allowed by, or None)
         self.inflight: deque[tuple[int, int, int, bytes | None, FixResponse | None, tuple[str, ...] | None]] = deque()
         self.grants_used: set[str] = set()  # ids of the access grants this connection relied on
+        self.share_sessions = ShareSessions()  # what this connection's share sessions hold on the broker
         self.request_grants: list[str] = []  # the grants the request being decided relies on
         self.pending: list[bytes] = []  # chunks received while the upstream opens (sign-in switched off)
         self.pending_bytes = 0
@@ -300,6 +306,10 @@ class ClientConnection(asyncio.Protocol):
                     frame = _sessionless(frame, version)
                 if api_key == FETCH:
                     fix = _then(fix, self._fetch_masking(body, version))
+                elif api_key == SHARE_FETCH:
+                    fix = _then(fix, self._share_fetch_masking(body, version))
+                elif api_key == SHARE_ACKNOWLEDGE:
+                    self.share_sessions.acknowledge(body)
                 elif api_key == PRODUCE and self.ctx.policy.engine().masks_on_produce:
                     produced = self._produce_masking(body, version)
                     if produced is not None:
@@ -377,6 +387,23 @@ class ClientConnection(asyncio.Protocol):
         assert self.views is not None
         return masking.fetch_masking(body, version, self.views.view(), self.ctx.policy.engine(), self.ctx.maskers,
                                      self.ctx.cluster.name_of, self.ctx.config.limits.max_response_bytes, self.peer)
+
+    def _share_fetch_masking(self, body: dict[str, Any], version: int) -> masking.FetchMasking:
+        """The share session this ShareFetch (as forwarded) leaves behind, every partition of it authorized
+        again, and the masking of whatever the session answers with (Refusal closes the connection)."""
+        assert self.views is not None
+        try:
+            topic_ids = self.share_sessions.fetch(body, self._may_read_topic)
+        except ShareSessionError as exc:
+            raise Refusal(str(exc)) from exc
+        return masking.share_fetch_masking(topic_ids, version, self.views.view(), self.ctx.policy.engine(),
+                                           self.ctx.maskers, self.ctx.cluster.name_of,
+                                           self.ctx.config.limits.max_response_bytes, self.peer)
+
+    def _may_read_topic(self, topic_id: bytes) -> bool:
+        """A topic a share session holds may still be read (a topic the gateway no longer knows may not)."""
+        name = self.ctx.cluster.name_of(topic_id)
+        return name is not None and self._decide("topic", name, "read")
 
     def _produce_masking(self, body: dict[str, Any], version: int) -> produce_masking.ProduceMasking | None:
         assert self.views is not None

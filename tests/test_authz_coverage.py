@@ -39,6 +39,7 @@ from gateway.protocol.apis import (
     LIST_PARTITION_REASSIGNMENTS,
     LIST_TRANSACTIONS,
     OFFSET_COMMIT,
+    SHARE_FETCH,
     SYNC_GROUP,
     TXN_OFFSET_COMMIT,
 )
@@ -83,6 +84,8 @@ ALLOWLIST = {
         NO_DECISION, "a pattern, not a name: the assignment it yields is filtered by topic describe instead"),
     (LIST_TRANSACTIONS, "transactional_id_pattern"): (
         NO_DECISION, "a pattern, not an id: the listing is filtered by transactional id describe instead"),
+    (SHARE_FETCH, "forgotten_topics_data.topic_id"): (
+        NO_DECISION, "forgetting only takes partitions out of a share session; nothing is read"),
     (OFFSET_COMMIT, "group_instance_id"): (NO_DECISION, "a static member's id inside the decided group"),
     (TXN_OFFSET_COMMIT, "group_instance_id"): (NO_DECISION, "a static member's id inside the decided group"),
     (JOIN_GROUP, "group_instance_id"): (NO_DECISION, "a static member's id inside the decided group"),

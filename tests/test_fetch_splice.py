@@ -6,6 +6,9 @@ encode it again) gives, while masked partitions are masked, null and empty recor
 transactions and watermarks are kept, an unmaskable partition is emptied with CORRUPT_MESSAGE, and a response
 naming no masked partition goes out as the broker's very frame. A response with leader hints (NodeEndpoints,
 v16+) is left to the decoded path, which rewrites their broker addresses.
+
+ShareFetch (every version, always by topic id, NodeEndpoints a regular field) takes the same path, for every
+topic its share session holds; records of a topic the session does not hold are refused (UnexpectedTopic).
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import pytest
 
 from _fastpath.record_batch import iter_records
 from _fastpath.walker import WalkError
-from gateway.handlers.masking import FetchMasking, MaskerCache, fetch_masking
+from gateway.handlers.apiversions import spec_versions
+from gateway.handlers.masking import FetchMasking, MaskerCache, UnexpectedTopic, fetch_masking, share_fetch_masking
 from gateway.policy.engine import Engine
 from gateway.policy.loader import load_policies
 from gateway.protocol import codec
-from gateway.protocol.apis import FETCH
+from gateway.protocol.apis import FETCH, SHARE_FETCH
 from gateway.protocol.errors import CORRUPT_MESSAGE
 from tests.masking_data import PLAIN, LeakScanner, check_masked, make_sample, masking_policy, sample_batch
 
@@ -157,3 +161,116 @@ def masking_for_counts(engine: Engine, version: int, frame: bytes) -> dict[str, 
     fix = masking_for(engine, version)
     fix.splice(frame)
     return fix.cache.counts
+
+
+# --- ShareFetch ------------------------------------------------------------------------------------------------------
+
+SHARE_VERSIONS = list(range(spec_versions(SHARE_FETCH)[0], spec_versions(SHARE_FETCH)[1] + 1))
+SESSION = frozenset(TOPIC_IDS.values())
+
+
+def share_masking_for(engine: Engine, version: int, session: frozenset[bytes] = SESSION) -> FetchMasking:
+    names = {topic_id: name for name, topic_id in TOPIC_IDS.items()}
+    return share_fetch_masking(session, version, engine.for_principal("analyst", ("analysts",)), engine,
+                               MaskerCache(b"k" * 32), names.get, 256 << 20, "splice-test")
+
+
+def share_response(masked: list[bytes], other: bytes = GOOD) -> dict:
+    """As response(): a masked topic, a plain topic between, another masked topic; all by topic id (records are
+    never null in ShareFetch)."""
+    def partition(index: int, records: bytes | None) -> dict:
+        return {"partition_index": index, "error_code": 0, "records": records,
+                "current_leader": {"leader_id": 1, "leader_epoch": 3},
+                "acquired_records": [{"first_offset": 0, "last_offset": 4, "delivery_count": 1}]}
+
+    return {"throttle_time_ms": 0, "error_code": 0, "acquisition_lock_timeout_ms": 30000, "responses": [
+        {"topic_id": TOPIC_IDS[MASKED], "partitions": [partition(i, r) for i, r in enumerate(masked)]},
+        {"topic_id": TOPIC_IDS[PLAIN_TOPIC], "partitions": [partition(0, GOOD)]},
+        {"topic_id": TOPIC_IDS[OTHER_MASKED], "partitions": [partition(0, other)]}]}
+
+
+@pytest.mark.parametrize("version", SHARE_VERSIONS)
+def test_share_fetch_splice_equals_the_decoded_path(engine, version):
+    """Every topic of the share session with masking rules is masked, whether or not the request named it; the
+    plain topic's records and the acquired records are unchanged: the same bytes as the decoded path."""
+    body = share_response([GOOD, b"", GOOD])
+    frame = codec.encode_response_frame(SHARE_FETCH, version, 7, body)
+    chunks = share_masking_for(engine, version).splice(frame)
+    assert chunks is not None
+    spliced = b"".join(chunks)
+    assert spliced == codec.encode_response_frame(SHARE_FETCH, version, 7, share_masking_for(engine, version)(body))
+    _, decoded = codec.decode_response_frame(SHARE_FETCH, version, spliced)
+    masked_topic, plain_topic, other_topic = decoded["responses"]
+    for records in (masked_topic["partitions"][0]["records"], masked_topic["partitions"][2]["records"],
+                    other_topic["partitions"][0]["records"]):
+        assert not SCANNER.leaks(records)
+        for sample, (_, _, key, value, headers) in zip(SAMPLES, iter_records(records), strict=True):
+            check_masked(sample, key, value, headers)
+    assert plain_topic["partitions"][0]["records"] == GOOD
+    assert masked_topic["partitions"][0]["acquired_records"] == [{"first_offset": 0, "last_offset": 4,
+                                                                  "delivery_count": 1}]
+
+
+@pytest.mark.parametrize("version", SHARE_VERSIONS)
+def test_share_fetch_unmaskable_partition_is_emptied_with_corrupt_message(engine, version):
+    bad = bytearray(GOOD)
+    bad[-1] ^= 0xFF
+    frame = codec.encode_response_frame(SHARE_FETCH, version, 7, share_response([GOOD, bytes(bad)]))
+    _, decoded = codec.decode_response_frame(SHARE_FETCH, version,
+                                             b"".join(share_masking_for(engine, version).splice(frame)))
+    good, emptied = decoded["responses"][0]["partitions"]
+    assert (emptied["records"], emptied["error_code"]) == (b"", CORRUPT_MESSAGE)
+    assert good["error_code"] == 0 and not SCANNER.leaks(good["records"])
+
+
+@pytest.mark.parametrize("version", SHARE_VERSIONS)
+def test_share_fetch_nothing_to_mask_sends_the_brokers_frame(engine, version):
+    frame = codec.encode_response_frame(SHARE_FETCH, version, 7, share_response([b""], other=b""))
+    chunks = share_masking_for(engine, version).splice(frame)
+    assert len(chunks) == 1 and chunks[0] is frame
+
+
+@pytest.mark.parametrize("version", SHARE_VERSIONS)
+def test_share_fetch_leader_hints_take_the_decoded_path(engine, version):
+    body = share_response([GOOD])
+    body["node_endpoints"] = [{"node_id": 1, "host": "broker-1.internal", "port": 9092, "rack": None}]
+    frame = codec.encode_response_frame(SHARE_FETCH, version, 7, body)
+    assert share_masking_for(engine, version).splice(frame) is None
+    masked = share_masking_for(engine, version)(codec.decode_response_frame(SHARE_FETCH, version, frame)[1])
+    assert not SCANNER.leaks(masked["responses"][0]["partitions"][0]["records"])
+
+
+@pytest.mark.parametrize("version", SHARE_VERSIONS)
+def test_share_fetch_records_of_a_topic_outside_the_session_are_refused(engine, version):
+    """A broker answering with records of a topic the connection's share session does not hold (the plain topic
+    here) is refused on both paths and while masking ahead; the same topic with no records passes."""
+    session = frozenset({TOPIC_IDS[MASKED], TOPIC_IDS[OTHER_MASKED]})
+    frame = codec.encode_response_frame(SHARE_FETCH, version, 7, share_response([GOOD]))
+    with pytest.raises(UnexpectedTopic):
+        share_masking_for(engine, version, session).splice(frame)
+    with pytest.raises(UnexpectedTopic):
+        share_masking_for(engine, version, session)(codec.decode_response_frame(SHARE_FETCH, version, frame)[1])
+    ahead = share_masking_for(engine, version, session)
+    ahead.advance(frame, len(frame))  # ahead only masks; the splice that follows refuses
+    with pytest.raises(UnexpectedTopic):
+        ahead.splice(frame)
+    body = share_response([GOOD])
+    body["responses"][1]["partitions"][0]["records"] = b""
+    assert share_masking_for(engine, version, session).splice(
+        codec.encode_response_frame(SHARE_FETCH, version, 7, body)) is not None
+
+
+@pytest.mark.parametrize("version", SHARE_VERSIONS)
+def test_share_fetch_masking_ahead_of_a_partial_frame_gives_the_same_response(engine, version):
+    bad = bytearray(GOOD)
+    bad[-1] ^= 0xFF
+    frame = codec.encode_response_frame(SHARE_FETCH, version, 7, share_response([GOOD, b"", bytes(bad), GOOD]))
+    expected = b"".join(share_masking_for(engine, version).splice(frame))
+    fix = share_masking_for(engine, version)
+    arriving = bytearray(b"\xff" * len(frame))
+    for received in [*range(0, len(frame), 97), len(frame) - 1]:
+        arriving[:received] = frame[:received]
+        fix.advance(arriving, received)
+    assert len(fix._ahead) >= 3
+    arriving[:] = frame
+    assert b"".join(fix.splice(arriving)) == expected

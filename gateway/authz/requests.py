@@ -14,7 +14,7 @@ key), with the refused parts built in the layout of the client's version.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from operator import itemgetter
 
 from gateway.authz.common import (
@@ -37,18 +37,21 @@ from gateway.protocol.apis import (
     ADD_PARTITIONS_TO_TXN,
     ALTER_CONFIGS,
     ALTER_PARTITION_REASSIGNMENTS,
+    ALTER_SHARE_GROUP_OFFSETS,
     CONSUMER_GROUP_DESCRIBE,
     CONSUMER_GROUP_HEARTBEAT,
     CREATE_PARTITIONS,
     CREATE_TOPICS,
     DELETE_GROUPS,
     DELETE_RECORDS,
+    DELETE_SHARE_GROUP_OFFSETS,
     DELETE_TOPICS,
     DESCRIBE_CLUSTER,
     DESCRIBE_CONFIGS,
     DESCRIBE_GROUPS,
     DESCRIBE_LOG_DIRS,
     DESCRIBE_PRODUCERS,
+    DESCRIBE_SHARE_GROUP_OFFSETS,
     DESCRIBE_TRANSACTIONS,
     ELECT_LEADERS,
     END_TXN,
@@ -70,6 +73,10 @@ from gateway.protocol.apis import (
     OFFSET_FETCH,
     OFFSET_FOR_LEADER_EPOCH,
     PRODUCE,
+    SHARE_ACKNOWLEDGE,
+    SHARE_FETCH,
+    SHARE_GROUP_DESCRIBE,
+    SHARE_GROUP_HEARTBEAT,
     SYNC_GROUP,
     TXN_OFFSET_COMMIT,
 )
@@ -663,67 +670,255 @@ def _offset_delete(version: int, body: dict, checks: Checks) -> Outcome:
     return checks.outcome(forward={**body, "topics": kept}, fix_response=fix)
 
 
-def _consumer_group_heartbeat(version: int, body: dict, checks: Checks) -> Outcome:
+def _group_heartbeat(api_key: int, keep_unknown_ids: bool = False) -> Rule:
     """Group read, then topic describe for every subscribed name (any refused: the whole heartbeat gets 29).
 
     The assignment names topics by id and may come from a regex subscription
     the broker resolves with the gateway's own rights, in this or an earlier
-    heartbeat: it is filtered to topics the identity may describe.
+    heartbeat: it is filtered to topics the identity may describe. Share groups
+    subscribe by name only (each name decided in the heartbeat that sent it), so
+    their assignment holds subscribed topics: an id this worker cannot name yet
+    (the topic is newer than its last look) is kept there, as dropping it would
+    leave the member without partitions; it reveals no name, and fetching it is
+    decided by name once the worker has looked the id up.
     """
-    if not checks.require("group", body["group_id"], "read"):
-        return checks.outcome(answer=response(CONSUMER_GROUP_HEARTBEAT, version, error_code=GROUP_AUTHORIZATION_FAILED))
-    names = body["subscribed_topic_names"] or []
-    refused = [name for name in dict.fromkeys(names) if not checks.require("topic", name, "describe")]
-    if refused:
-        return checks.outcome(answer=response(CONSUMER_GROUP_HEARTBEAT, version, error_code=TOPIC_AUTHORIZATION_FAILED))
+
+    def rule(version: int, body: dict, checks: Checks) -> Outcome:
+        if not checks.require("group", body["group_id"], "read"):
+            return checks.outcome(answer=response(api_key, version, error_code=GROUP_AUTHORIZATION_FAILED))
+        names = body["subscribed_topic_names"] or []
+        refused = [name for name in dict.fromkeys(names) if not checks.require("topic", name, "describe")]
+        if refused:
+            return checks.outcome(answer=response(api_key, version, error_code=TOPIC_AUTHORIZATION_FAILED))
+
+        def fix(upstream: dict) -> dict:
+            assignment = upstream["assignment"]
+            if assignment is not None:
+                assignment["topic_partitions"] = [
+                    entry for entry in assignment["topic_partitions"]
+                    if _describable_topic(checks, name := checks.topic_name(entry["topic_id"]))
+                    or (keep_unknown_ids and name is None)
+                ]
+            return upstream
+
+        return checks.outcome(fix_response=fix)
+
+    rule.__doc__ = _group_heartbeat.__doc__
+    return rule
+
+
+def _group_describe(api_key: int, described_topics: Callable[[dict], Iterable[str | None]]) -> Rule:
+    """Group describe per group; a group whose members name a topic the identity may not describe gets 29."""
+
+    def rule(version: int, body: dict, checks: Checks) -> Outcome:
+        want_operations = body["include_authorized_operations"]
+
+        def judge(group_id: str) -> Slot:
+            return _decided(checks, group_id, ("group", group_id, "describe"), lambda: response(
+                api_key, version, "groups", group_id=group_id, error_code=GROUP_AUTHORIZATION_FAILED))
+
+        slots, kept = _judge(body["group_ids"], judge)
+        if not kept and slots:
+            return checks.outcome(answer=response(api_key, version, groups=[entry for _, entry in slots]))
+
+        def fix(upstream: dict) -> dict:
+            groups = []
+            for group in upstream["groups"]:
+                if want_operations and group["error_code"] == 0:
+                    group["authorized_operations"] = checks.operations("group", group["group_id"])
+                if any(not _describable_topic(checks, name) for name in described_topics(group)):
+                    group = response(
+                        api_key, version, "groups", group_id=group["group_id"], error_code=TOPIC_AUTHORIZATION_FAILED,
+                        error_message="The group has described topic(s) that the client is not authorized to describe.")
+                groups.append(group)
+            upstream["groups"] = merge(slots, groups, itemgetter("group_id"))
+            return upstream
+
+        return checks.outcome(forward={**body, "group_ids": kept} if len(kept) < len(slots) else None,
+                              fix_response=fix)
+
+    rule.__doc__ = _group_describe.__doc__
+    return rule
+
+
+def _consumer_group_topics(group: dict) -> Iterator[str | None]:
+    """Every topic a described consumer group's members are (or are to be) assigned."""
+    for member in group["members"]:
+        for assignment in (member["assignment"], member["target_assignment"]):
+            for partitions in assignment["topic_partitions"]:
+                yield partitions["topic_name"]
+
+
+def _share_group_topics(group: dict) -> Iterator[str | None]:
+    """Every topic a described share group's members subscribe to or are assigned (subscriptions too: stricter
+    than Kafka, so a description never shows a name the identity may not describe)."""
+    for member in group["members"]:
+        yield from member["subscribed_topic_names"]
+        for partitions in member["assignment"]["topic_partitions"]:
+            yield partitions["topic_name"]
+
+
+# --------------------------------------------------------------------------
+# Share groups (KIP-932)
+
+
+def _share_fetch(version: int, body: dict, checks: Checks) -> Outcome:
+    """Group read, then topic read per topic (always by topic id); refused parts never reach the broker.
+
+    A refused group fails the whole request (ShareFetchRequest.getErrorResponse:
+    a top-level error, no topics). A refused or unknown topic gets
+    ShareFetchResponse.partitionResponse(error) per partition, its piggybacked
+    acknowledgements refused alike. The rest is forwarded even when nothing is
+    left: every ShareFetch moves the broker's share session to its next epoch
+    (epoch -1 closes it), which a locally answered one would not, leaving
+    client and broker out of step. Forgotten topics only take partitions out
+    of the session and pass as they are. What the session already holds is
+    authorized per connection (gateway/handlers/share_sessions.py).
+    """
+    # Kafka cannot authorize a null group id (it fails the request); the empty name is decided instead.
+    if not checks.require("group", body["group_id"] or "", "read"):
+        return checks.outcome(answer=response(SHARE_FETCH, version, error_code=GROUP_AUTHORIZATION_FAILED))
+
+    def refused(topic: dict, error: int) -> dict:
+        partitions = [
+            response(SHARE_FETCH, version, "responses.partitions", partition_index=partition["partition_index"],
+                     error_code=error, records=b"",
+                     acknowledge_error_code=error if partition["acknowledgement_batches"] else 0)
+            for partition in topic["partitions"]
+        ]
+        return response(SHARE_FETCH, version, "responses", topic_id=topic["topic_id"], partitions=partitions)
+
+    slots, kept = _judge(body["topics"], lambda topic: _topic_by_name_or_id(
+        checks, True, topic, "topic_id", "read", lambda error: refused(topic, error)))
+    return _share_session_reduce(checks, body, slots, kept)
+
+
+def _share_acknowledge(version: int, body: dict, checks: Checks) -> Outcome:
+    """Group read, then topic read per topic (by topic id), as ShareFetch; refused partitions get the error.
+
+    Forwarded even with nothing left to acknowledge, for the session epoch (see _share_fetch).
+    """
+    if not checks.require("group", body["group_id"] or "", "read"):
+        return checks.outcome(answer=response(SHARE_ACKNOWLEDGE, version, error_code=GROUP_AUTHORIZATION_FAILED))
+
+    def refused(topic: dict, error: int) -> dict:
+        partitions = [
+            response(SHARE_ACKNOWLEDGE, version, "responses.partitions", partition_index=partition["partition_index"],
+                     error_code=error)
+            for partition in topic["partitions"]
+        ]
+        return response(SHARE_ACKNOWLEDGE, version, "responses", topic_id=topic["topic_id"], partitions=partitions)
+
+    slots, kept = _judge(body["topics"], lambda topic: _topic_by_name_or_id(
+        checks, True, topic, "topic_id", "read", lambda error: refused(topic, error)))
+    return _share_session_reduce(checks, body, slots, kept)
+
+
+def _share_session_reduce(checks: Checks, body: dict, slots: list[Slot], kept: list[dict]) -> Outcome:
+    """All allowed: untouched; else the allowed topics are forwarded (maybe none) and the refused merged back,
+    unless the broker failed the whole request (a top-level error carries no topics)."""
+    if len(kept) == len(slots):
+        return checks.outcome()
 
     def fix(upstream: dict) -> dict:
-        assignment = upstream["assignment"]
-        if assignment is not None:
-            assignment["topic_partitions"] = [
-                entry for entry in assignment["topic_partitions"]
-                if _describable_topic(checks, checks.topic_name(entry["topic_id"]))
-            ]
+        if upstream["error_code"] == 0:
+            upstream["responses"] = merge(slots, upstream["responses"], itemgetter("topic_id"))
         return upstream
 
-    return checks.outcome(fix_response=fix)
+    return checks.outcome(forward={**body, "topics": kept}, fix_response=fix)
 
 
-def _consumer_group_describe(version: int, body: dict, checks: Checks) -> Outcome:
-    """Group describe per group; a group whose assignments name a topic the identity may not describe gets 29."""
-    want_operations = body["include_authorized_operations"]
+def _describe_share_group_offsets(version: int, body: dict, checks: Checks) -> Outcome:
+    """Group describe per group, then topic describe per named topic; all topics (null) filtered by describe."""
+    refused_message = MESSAGES[TOPIC_AUTHORIZATION_FAILED]
 
-    def judge(group_id: str) -> Slot:
-        return _decided(checks, group_id, ("group", group_id, "describe"), lambda: response(
-            CONSUMER_GROUP_DESCRIBE, version, "groups", group_id=group_id, error_code=GROUP_AUTHORIZATION_FAILED))
+    def refused_topic(topic: dict) -> dict:
+        return response(DESCRIBE_SHARE_GROUP_OFFSETS, version, "groups.topics", topic_name=topic["topic_name"],
+                        partitions=[
+                            response(DESCRIBE_SHARE_GROUP_OFFSETS, version, "groups.topics.partitions",
+                                     partition_index=index, start_offset=-1, error_code=TOPIC_AUTHORIZATION_FAILED,
+                                     error_message=refused_message)
+                            for index in topic["partitions"]
+                        ])
 
-    slots, kept = _judge(body["group_ids"], judge)
-    if not kept and slots:
-        return checks.outcome(answer=response(CONSUMER_GROUP_DESCRIBE, version, groups=[entry for _, entry in slots]))
+    # Per group: (group id, refused group, forwarded group, topic slots or None for "all").
+    plan: list[tuple[str, dict | None, dict | None, list[Slot] | None]] = []
+    for group in body["groups"]:
+        group_id = group["group_id"]
+        if not checks.require("group", group_id, "describe"):
+            plan.append((group_id, response(DESCRIBE_SHARE_GROUP_OFFSETS, version, "groups", group_id=group_id,
+                                            error_code=GROUP_AUTHORIZATION_FAILED,
+                                            error_message=MESSAGES[GROUP_AUTHORIZATION_FAILED]), None, []))
+        elif group["topics"] is None:
+            plan.append((group_id, None, group, None))
+        else:
+            slots, kept = _judge(group["topics"], lambda topic: _decided(
+                checks, topic["topic_name"], ("topic", topic["topic_name"], "describe"), lambda: refused_topic(topic)))
+            plan.append((group_id, None, {**group, "topics": kept}, slots))
 
-    def hides_topic(group: dict) -> bool:
-        return any(
-            not _describable_topic(checks, partitions["topic_name"])
-            for member in group["members"]
-            for assignment in (member["assignment"], member["target_assignment"])
-            for partitions in assignment["topic_partitions"]
-        )
+    forwarded = [group for _, _, group, _ in plan if group is not None]
+    if not forwarded and plan:
+        return checks.outcome(answer=response(DESCRIBE_SHARE_GROUP_OFFSETS, version,
+                                              groups=[entry for _, entry, _, _ in plan]))
+    reduced = len(forwarded) < len(plan) or any(
+        slots is not None and any(entry is not None for _, entry in slots) for _, _, _, slots in plan)
+    if not reduced and all(slots is not None for _, _, _, slots in plan):
+        return checks.outcome()
+    forwarded_slots = {group_id: slots for group_id, _, group, slots in plan if group is not None}
 
     def fix(upstream: dict) -> dict:
-        groups = []
         for group in upstream["groups"]:
-            if want_operations and group["error_code"] == 0:
-                group["authorized_operations"] = checks.operations("group", group["group_id"])
-            if hides_topic(group):
-                group = response(
-                    CONSUMER_GROUP_DESCRIBE, version, "groups", group_id=group["group_id"],
-                    error_code=TOPIC_AUTHORIZATION_FAILED,
-                    error_message="The group has described topic(s) that the client is not authorized to describe.")
-            groups.append(group)
-        upstream["groups"] = merge(slots, groups, itemgetter("group_id"))
+            if group["error_code"] != 0 or group["group_id"] not in forwarded_slots:
+                continue
+            slots = forwarded_slots[group["group_id"]]
+            if slots is None:
+                group["topics"] = [topic for topic in group["topics"]
+                                   if _describable_topic(checks, topic["topic_name"])]
+            else:
+                group["topics"] = merge(slots, group["topics"], itemgetter("topic_name"))
+        upstream["groups"] = merge(((group_id, entry) for group_id, entry, _, _ in plan), upstream["groups"],
+                                   itemgetter("group_id"))
         return upstream
 
-    return checks.outcome(forward={**body, "group_ids": kept} if len(kept) < len(slots) else None, fix_response=fix)
+    return checks.outcome(forward={**body, "groups": forwarded} if reduced else None, fix_response=fix)
+
+
+def _alter_share_group_offsets(version: int, body: dict, checks: Checks) -> Outcome:
+    """Group read (refused: a top-level error), then topic read per topic; refused partitions get 29."""
+    if not checks.require("group", body["group_id"], "read"):
+        return checks.outcome(answer=response(ALTER_SHARE_GROUP_OFFSETS, version, error_code=GROUP_AUTHORIZATION_FAILED,
+                                              error_message=MESSAGES[GROUP_AUTHORIZATION_FAILED]))
+    message = MESSAGES[TOPIC_AUTHORIZATION_FAILED]
+
+    def judge(topic: dict) -> Slot:
+        return _decided(checks, topic["topic_name"], ("topic", topic["topic_name"], "read"), lambda: response(
+            ALTER_SHARE_GROUP_OFFSETS, version, "responses", topic_name=topic["topic_name"], partitions=[
+                response(ALTER_SHARE_GROUP_OFFSETS, version, "responses.partitions",
+                         partition_index=partition["partition_index"], error_code=TOPIC_AUTHORIZATION_FAILED,
+                         error_message=message)
+                for partition in topic["partitions"]
+            ]))
+
+    slots, kept = _judge(body["topics"], judge)
+    return _reduce(checks, ALTER_SHARE_GROUP_OFFSETS, version, body, "topics", "responses", slots, kept,
+                   itemgetter("topic_name"))
+
+
+def _delete_share_group_offsets(version: int, body: dict, checks: Checks) -> Outcome:
+    """Group delete (refused: a top-level error), then topic read per topic, as OffsetDelete."""
+    if not checks.require("group", body["group_id"], "delete"):
+        return checks.outcome(answer=response(DELETE_SHARE_GROUP_OFFSETS, version,
+                                              error_code=GROUP_AUTHORIZATION_FAILED,
+                                              error_message=MESSAGES[GROUP_AUTHORIZATION_FAILED]))
+
+    def judge(topic: dict) -> Slot:
+        return _decided(checks, topic["topic_name"], ("topic", topic["topic_name"], "read"), lambda: response(
+            DELETE_SHARE_GROUP_OFFSETS, version, "responses", topic_name=topic["topic_name"],
+            error_code=TOPIC_AUTHORIZATION_FAILED, error_message=MESSAGES[TOPIC_AUTHORIZATION_FAILED]))
+
+    slots, kept = _judge(body["topics"], judge)
+    return _reduce(checks, DELETE_SHARE_GROUP_OFFSETS, version, body, "topics", "responses", slots, kept,
+                   itemgetter("topic_name"))
 
 
 # --------------------------------------------------------------------------
@@ -1182,8 +1377,15 @@ RULES: dict[int, Rule] = {
     DESCRIBE_PRODUCERS: _describe_producers,
     DESCRIBE_TRANSACTIONS: _describe_transactions,
     LIST_TRANSACTIONS: _list_transactions,
-    CONSUMER_GROUP_HEARTBEAT: _consumer_group_heartbeat,
-    CONSUMER_GROUP_DESCRIBE: _consumer_group_describe,
+    CONSUMER_GROUP_HEARTBEAT: _group_heartbeat(CONSUMER_GROUP_HEARTBEAT),
+    CONSUMER_GROUP_DESCRIBE: _group_describe(CONSUMER_GROUP_DESCRIBE, _consumer_group_topics),
+    SHARE_GROUP_HEARTBEAT: _group_heartbeat(SHARE_GROUP_HEARTBEAT, keep_unknown_ids=True),
+    SHARE_GROUP_DESCRIBE: _group_describe(SHARE_GROUP_DESCRIBE, _share_group_topics),
+    SHARE_FETCH: _share_fetch,
+    SHARE_ACKNOWLEDGE: _share_acknowledge,
+    DESCRIBE_SHARE_GROUP_OFFSETS: _describe_share_group_offsets,
+    ALTER_SHARE_GROUP_OFFSETS: _alter_share_group_offsets,
+    DELETE_SHARE_GROUP_OFFSETS: _delete_share_group_offsets,
 }
 
 # Fail closed at import: a forwarded API without a rule would be forwarded unchecked.

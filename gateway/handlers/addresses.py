@@ -2,9 +2,10 @@
 
 Real broker hosts and ports never reach a client: Metadata, FindCoordinator
 (v0-v3 single coordinator and v4+ batched coordinators), DescribeCluster, and the
-KIP-951 NodeEndpoints that Produce (v10+) and Fetch (v16+) responses carry when a
-partition's leader moved. Each function learns the real addresses first (so the
-gateway can reach a broker it has not seen yet), then rewrites in place.
+KIP-951 NodeEndpoints that Produce (v10+), Fetch (v16+), ShareFetch and ShareAcknowledge
+(every version, a regular field there) responses carry when a partition's leader moved.
+Each function learns the real addresses first (so the gateway can reach a broker it has
+not seen yet), then rewrites in place.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def rewrite_describe_cluster(body: dict[str, Any], version: int, view: ClusterVi
 
 
 def rewrite_node_endpoints(body: dict[str, Any], version: int, view: ClusterView) -> bool:
-    """Produce/Fetch: only responses carrying leader hints change; the rest pass as the broker's bytes."""
+    """Produce/Fetch/ShareFetch/ShareAcknowledge: only responses carrying leader hints change; the rest pass as
+    the broker's bytes."""
     endpoints = body.get("node_endpoints")
     if not endpoints:
         return False

@@ -1,5 +1,5 @@
-"""Inline masking on the Fetch path: records of topics whose policy names masking rules are rewritten
-before the client sees them.
+"""Inline masking on the Fetch and ShareFetch paths: records of topics whose policy names masking rules are
+rewritten before the client sees them.
 
 Which topics are masked is decided per request from the principal's policy view (the allow rules'
 ``masking:`` names); the masking itself runs in the Cython kernel (``_fastpath.record_batch`` and
@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from _fastpath import WalkError
 from _fastpath.mask import Masker
 from _fastpath.record_batch import UnmaskableRecords, mask_records
 from gateway.policy.engine import Engine, PrincipalView
 from gateway.policy.model import MaskingRule
-from gateway.protocol.apis import FETCH
+from gateway.protocol.apis import FETCH, SHARE_FETCH
 from gateway.protocol.errors import CORRUPT_MESSAGE
 from gateway.protocol.walkplan import plan_for
 
@@ -87,15 +88,38 @@ def fetch_masking(body: dict[str, Any], version: int, view: PrincipalView, engin
     return FetchMasking(maskers, version, cache, max_output, peer)
 
 
-# Where the splice looks in a Fetch response: each topic's key (a name before v13, an id from v13), and each
-# partition's index (its error code follows it in every version) and records.
+def share_fetch_masking(topic_ids: frozenset[bytes], version: int, view: PrincipalView, engine: Engine,
+                        cache: MaskerCache, name_of: Callable[[bytes], str | None], max_output: int,
+                        peer: str) -> FetchMasking:
+    """How to mask the response to a ShareFetch whose share session may answer with ``topic_ids`` (the session's
+    partitions, named in this request or not). Always a FetchMasking, even with nothing to mask: it also
+    refuses records of any other topic, which the gateway never let this session fetch."""
+    maskers: dict[Any, tuple[str, Masker]] = {}
+    for topic_id in topic_ids:
+        name = name_of(topic_id)
+        if name is None:
+            continue
+        names = view.decide("topic", name, "read").masking
+        if names:
+            maskers[topic_id] = (name, cache.masker(engine, tuple(names)))
+    return FetchMasking(maskers, version, cache, max_output, peer, SHARE_FETCH, topic_ids)
+
+
+class UnexpectedTopic(WalkError):
+    """A ShareFetch response carries records of a topic the connection's share session does not hold."""
+
+
+# Where the splice looks in a Fetch or ShareFetch response: each topic's key (a name before Fetch v13, an id
+# from Fetch v13 and in every ShareFetch), and each partition's index (its error code follows it in every
+# version of both) and records.
 _LOGS = ("responses.topic", "responses.topic_id", "responses.partitions.partition_index",
          "responses.partitions.records")
 _TOPIC, _TOPIC_ID, _PARTITION, _RECORDS = range(len(_LOGS))
-_FLEXIBLE_FROM = 12  # Fetch v12+: compact strings and records, tagged fields
+_FLEXIBLE_FROM = 12  # Fetch v12+: compact strings and records, tagged fields (ShareFetch: every version)
 _TOPIC_IDS_FROM = 13
-_NODE_ENDPOINTS_FROM = 16
+_NODE_ENDPOINTS_FROM = 16  # Fetch: a top-level tagged field; ShareFetch: a regular array in every version
 _NODE_ENDPOINTS_TAG = 0
+_SHARE_MARKS = ("node_endpoints",)
 _INT16 = struct.Struct(">h")
 _INT32 = struct.Struct(">i")
 _CORRUPT = _INT16.pack(CORRUPT_MESSAGE)
@@ -103,7 +127,7 @@ _UNCHANGED: Any = object()  # masked ahead, and nothing changed
 
 
 class FetchMasking:
-    """Masks the masked topics' records in a Fetch response, in one of two ways.
+    """Masks the masked topics' records in a Fetch or ShareFetch response, in one of two ways.
 
     ``splice(frame)`` works on the frame as received: a walk compiled from the spec finds every partition's
     records, the kernel masks them in place of a memoryview, and the response goes out as the broker's bytes
@@ -113,17 +137,27 @@ class FetchMasking:
     splice uses what was masked ahead. Called with the decoded response instead (the dict path), it masks
     that; the connection uses it when another fix-up (authorization, broker addresses) needs the decoded
     response.
+
+    With ``expected`` (ShareFetch: the topic ids the connection's share session holds), records of any
+    other topic raise UnexpectedTopic: the broker's session no longer matches what the gateway authorized.
     """
 
-    __slots__ = ("maskers", "version", "cache", "max_output", "peer", "_ahead")
+    __slots__ = ("maskers", "version", "cache", "max_output", "peer", "api_key", "expected", "by_id", "flexible",
+                 "_marks", "_ahead")
 
     def __init__(self, maskers: dict[Any, tuple[str, Masker]], version: int, cache: MaskerCache, max_output: int,
-                 peer: str) -> None:
-        self.maskers = maskers  # topic key (name before v13, id from v13) -> (topic name, masker)
+                 peer: str, api_key: int = FETCH, expected: frozenset[bytes] | None = None) -> None:
+        self.maskers = maskers  # topic key (a name before Fetch v13, else an id) -> (topic name, masker)
         self.version = version
         self.cache = cache
         self.max_output = max_output
         self.peer = peer
+        self.api_key = api_key
+        self.expected = expected
+        share = api_key == SHARE_FETCH
+        self.by_id = share or version >= _TOPIC_IDS_FROM
+        self.flexible = share or version >= _FLEXIBLE_FROM
+        self._marks = _SHARE_MARKS if share else ()
         self._ahead: dict[int, Any] = {}  # where a partition's records field starts -> what _mask gave for it
 
     def _mask(self, name: str, partition: int, records: Any, masker: Masker) -> Any:
@@ -141,10 +175,13 @@ class FetchMasking:
         return result.data
 
     def __call__(self, response: dict[str, Any]) -> dict[str, Any]:
-        topic_id = self.version >= _TOPIC_IDS_FROM
         for topic in response["responses"]:
-            entry = self.maskers.get(topic["topic_id"] if topic_id else topic["topic"])
+            key = topic["topic_id"] if self.by_id else topic["topic"]
+            entry = self.maskers.get(key)
             if entry is None:
+                if self.expected is not None and key not in self.expected and any(
+                        partition["records"] for partition in topic["partitions"]):
+                    raise UnexpectedTopic(f"records of topic id {key.hex()}, which the share session does not hold")
                 continue
             name, masker = entry
             for partition in topic["partitions"]:
@@ -161,20 +198,22 @@ class FetchMasking:
     def advance(self, frame: Any, received: int) -> None:
         """Mask the partitions whose records lie whole within the first ``received`` bytes of the frame, which is
         still arriving; what cannot be told yet (or at all) is left to splice, which walks the whole frame."""
-        plan = plan_for("response", FETCH, self.version, (), _LOGS)
-        for _ in self._masked(memoryview(frame), plan.walk_logged(frame, received)[1], received):
-            pass  # _masked keeps what it masked
+        plan = plan_for("response", self.api_key, self.version, self._marks, _LOGS)
+        try:
+            for _ in self._masked(memoryview(frame), plan.walk_logged(frame, received)[1], received):
+                pass  # _masked keeps what it masked
+        except UnexpectedTopic:
+            pass  # splice walks the whole frame and raises it there, where the connection closes
 
     def splice(self, frame: Any) -> list[Any] | None:
         """The masked response as chunks to write in order (size prefix first), or None when the frame needs
         the dict path (it carries leader hints, whose broker addresses are rewritten on the decoded body)."""
-        version = self.version
-        plan = plan_for("response", FETCH, version, (), _LOGS)
+        plan = plan_for("response", self.api_key, self.version, self._marks, _LOGS)
         marks, log = plan.walk_logged(frame)
-        if version >= _NODE_ENDPOINTS_FROM and marks[plan.tag_base + _NODE_ENDPOINTS_TAG] >= 0:
-            return None
-        flexible = version >= _FLEXIBLE_FROM
         data = memoryview(frame)
+        if self._has_leader_hints(data, marks, plan.tag_base):
+            return None
+        flexible = self.flexible
         chunks: list[Any] = []
         done = 4  # frame bytes before this are in chunks (the size prefix is written last)
         for at, masked in self._masked(data, log, len(data)):
@@ -190,21 +229,36 @@ class FetchMasking:
         chunks.append(data[done:])
         return [_INT32.pack(sum(len(chunk) for chunk in chunks)), *chunks]
 
+    def _has_leader_hints(self, data: memoryview, marks: list[int], tag_base: int) -> bool:
+        """Whether the response carries NodeEndpoints, whose broker addresses only the dict path rewrites."""
+        if self.api_key == SHARE_FETCH:
+            # A compact array (length + 1 as an unsigned varint): the single byte 1 when empty.
+            return data[marks[0]] != 1
+        return self.version >= _NODE_ENDPOINTS_FROM and marks[tag_base + _NODE_ENDPOINTS_TAG] >= 0
+
     def _masked(self, data: memoryview, log: list[tuple[int, int]], received: int) -> Iterator[tuple[int, tuple]]:
         """(where the records field starts, (masked records or None when unmaskable, where its bytes start, their
         size, where its partition starts)) for each masked partition whose records changed, in frame order, as
-        far as the first ``received`` bytes go."""
-        flexible = self.version >= _FLEXIBLE_FROM
+        far as the first ``received`` bytes go. Records of a topic outside ``expected`` raise UnexpectedTopic."""
+        flexible = self.flexible
+        expected = self.expected
         entry: tuple[str, Masker] | None = None
+        unexpected: bytes | None = None
         partition_at = 0
         for code, at in log:
             if code == _TOPIC_ID:
-                entry = self.maskers.get(bytes(data[at:at + 16]))
+                topic_id = bytes(data[at:at + 16])
+                entry = self.maskers.get(topic_id)
+                unexpected = topic_id if expected is not None and topic_id not in expected else None
             elif code == _TOPIC:
                 size, start = _extent(data, at, flexible, _INT16)
                 entry = self.maskers.get(bytes(data[start:start + size]).decode("utf-8", "replace"))
             elif code == _PARTITION:
                 partition_at = at
+            elif unexpected is not None:
+                if at + 5 <= received and _extent(data, at, flexible, _INT32)[0] > 0:
+                    raise UnexpectedTopic(
+                        f"records of topic id {unexpected.hex()}, which the share session does not hold")
             elif entry is not None:
                 if at + 5 > received:
                     continue  # its length prefix (at most 5 bytes) may not be all in yet

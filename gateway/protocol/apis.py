@@ -52,6 +52,13 @@ DESCRIBE_TRANSACTIONS = 65
 LIST_TRANSACTIONS = 66
 CONSUMER_GROUP_HEARTBEAT = 68
 CONSUMER_GROUP_DESCRIBE = 69
+SHARE_GROUP_HEARTBEAT = 76
+SHARE_GROUP_DESCRIBE = 77
+SHARE_FETCH = 78
+SHARE_ACKNOWLEDGE = 79
+DESCRIBE_SHARE_GROUP_OFFSETS = 90
+ALTER_SHARE_GROUP_OFFSETS = 91
+DELETE_SHARE_GROUP_OFFSETS = 92
 
 # Client APIs the gateway forwards once it has checked them. Each one is a
 # request whose resources the policy layer can extract.
@@ -64,6 +71,8 @@ FORWARDED: frozenset[int] = frozenset({
     INCREMENTAL_ALTER_CONFIGS, ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS,
     OFFSET_DELETE, DESCRIBE_CLUSTER, DESCRIBE_PRODUCERS, DESCRIBE_TRANSACTIONS, LIST_TRANSACTIONS,
     CONSUMER_GROUP_HEARTBEAT, CONSUMER_GROUP_DESCRIBE,
+    SHARE_GROUP_HEARTBEAT, SHARE_GROUP_DESCRIBE, SHARE_FETCH, SHARE_ACKNOWLEDGE,
+    DESCRIBE_SHARE_GROUP_OFFSETS, ALTER_SHARE_GROUP_OFFSETS, DELETE_SHARE_GROUP_OFFSETS,
 })
 
 # Answered by the gateway itself, never forwarded: version negotiation and client sign-in
@@ -108,6 +117,11 @@ NEVER_FORWARDED = MappingProxyType({
     80: "AddRaftVoter is controller-internal",
     81: "RemoveRaftVoter is controller-internal",
     82: "UpdateRaftVoter is controller-internal",
+    83: "InitializeShareGroupState is broker-internal (share coordinator)",
+    84: "ReadShareGroupState is broker-internal (share coordinator)",
+    85: "WriteShareGroupState is broker-internal (share coordinator)",
+    86: "DeleteShareGroupState is broker-internal (share coordinator)",
+    87: "ReadShareGroupStateSummary is broker-internal (share coordinator)",
 })
 
 assert not FORWARDED & set(NEVER_FORWARDED), "an API cannot be both forwarded and refused"
