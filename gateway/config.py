@@ -92,6 +92,9 @@ class Limits:
     max_inflight: int = 1024
     write_buffer_high: int = 4 * 1024 * 1024
     idle_timeout_s: float = 600.0
+    # Threads per worker that mask compressed partitions of one Fetch response side by side: the codecs
+    # release the GIL, so one partition's (de)compression overlaps another's masking. 0: all inline.
+    mask_threads: int = 2
 
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
@@ -332,7 +335,10 @@ def _limits(node: _Node | None) -> Limits:
     for name in names:
         default = getattr(defaults, name)
         value = node.value(name, type(default), default)
-        if value <= 0:
+        if name == "mask_threads":
+            if not 0 <= value <= 64:
+                raise node.error("mask_threads must be 0 to 64")
+        elif value <= 0:
             raise node.error(f"{name} must be positive")
         values[name] = value
     return Limits(**values)

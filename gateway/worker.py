@@ -19,6 +19,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import uvloop
@@ -155,7 +156,9 @@ class Worker:
         self.ctx = WorkerContext(loop, self.config, ClusterView(self.config.listen, self._bind_node),
                                  PolicyCache(self.policy_store))
         self.ctx.discover = self._discover
-        self.ctx.maskers = MaskerCache(self.masking_key)
+        threads = self.config.limits.mask_threads
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="mask") if threads else None
+        self.ctx.maskers = MaskerCache(self.masking_key, pool)
         if self.grant_table is not None:
             self.ctx.grants = GrantCache(self.grant_table)
             self.ctx.access = self.access

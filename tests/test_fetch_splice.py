@@ -13,6 +13,8 @@ topic its share session holds; records of a topic the session does not hold are 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from _fastpath.record_batch import iter_records
@@ -24,7 +26,7 @@ from gateway.policy.loader import load_policies
 from gateway.protocol import codec
 from gateway.protocol.apis import FETCH, SHARE_FETCH
 from gateway.protocol.errors import CORRUPT_MESSAGE
-from tests.masking_data import PLAIN, LeakScanner, check_masked, make_sample, masking_policy, sample_batch
+from tests.masking_data import PLAIN, LeakScanner, batch, check_masked, make_sample, masking_policy, sample_batch
 
 MASKED, OTHER_MASKED, PLAIN_TOPIC = "masked-orders", "masked-refunds", "plain-orders"
 TOPIC_IDS = {MASKED: b"M" * 16, OTHER_MASKED: b"R" * 16, PLAIN_TOPIC: b"P" * 16}
@@ -274,3 +276,41 @@ def test_share_fetch_masking_ahead_of_a_partial_frame_gives_the_same_response(en
     assert len(fix._ahead) >= 3
     arriving[:] = frame
     assert b"".join(fix.splice(arriving)) == expected
+
+
+def compressed(samples: list, codec: str) -> bytes:
+    """The samples as one batch whose records are compressed with codec (zstd or lz4 frames, as cramjam writes)."""
+    import cramjam
+
+    plain = sample_batch(samples)
+    compress = {"zstd": cramjam.zstd.compress, "lz4": cramjam.lz4.compress}[codec]
+    return batch(bytes(compress(plain[61:])), len(samples), codec={"lz4": 3, "zstd": 4}[codec])
+
+
+@pytest.mark.parametrize("version", [12, 17])
+def test_a_mask_pool_gives_the_same_bytes(engine, version):
+    """Compressed partitions masked on the worker's mask pool (threads side by side), uncompressed ones inline,
+    an unmaskable compressed one among them, with masking run ahead on a partial frame first: the same
+    response, warnings and counts as masking everything inline."""
+    lz4, zstd = compressed(SAMPLES, "lz4"), compressed(SAMPLES, "zstd")
+    broken = bytearray(zstd)
+    broken[-1] ^= 0xFF
+    body = response(version, [lz4, GOOD, bytes(broken), zstd], other=lz4)
+    frame = codec.encode_response_frame(FETCH, version, 7, body)
+    inline = masking_for(engine, version)
+    expected = b"".join(inline.splice(frame))
+    with ThreadPoolExecutor(2) as pool:
+        pooled = masking_for(engine, version)
+        pooled.cache.pool = pool
+        arriving = bytearray(b"\xff" * len(frame))
+        arriving[:len(frame) // 2] = frame[:len(frame) // 2]
+        pooled.advance(arriving, len(frame) // 2)
+        arriving[:] = frame
+        assert b"".join(pooled.splice(arriving)) == expected
+    assert pooled.cache.counts == inline.cache.counts and pooled.cache.emptied_total == inline.cache.emptied_total == 1
+    _, decoded = codec.decode_response_frame(FETCH, version, expected)
+    partitions = decoded["responses"][0]["partitions"]
+    assert [p["error_code"] for p in partitions] == [0, 0, CORRUPT_MESSAGE, 0]
+    other = decoded["responses"][2]["partitions"][0]
+    for records in (partitions[0]["records"], partitions[3]["records"], other["records"]):
+        assert not SCANNER.leaks(records) and len(iter_records(records)) == len(SAMPLES)

@@ -14,6 +14,8 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from functools import partial
 from typing import Any
 
 from _fastpath import WalkError
@@ -35,8 +37,9 @@ WARNED_LIMIT = 4096
 class MaskerCache:
     """One compiled Masker per set of masking rule names, per policy generation (rules can change)."""
 
-    def __init__(self, hmac_key: bytes) -> None:
+    def __init__(self, hmac_key: bytes, pool: Executor | None = None) -> None:
         self.hmac_key = hmac_key
+        self.pool = pool  # threads that mask compressed partitions side by side (limits.mask_threads), or None
         self._engine: Engine | None = None
         self._maskers: dict[tuple[str, ...], Masker] = {}
         self.counts: dict[str, int] = {}  # fields masked per "topic/rule", for metrics and audit
@@ -160,19 +163,23 @@ class FetchMasking:
         self._marks = _SHARE_MARKS if share else ()
         self._ahead: dict[int, Any] = {}  # where a partition's records field starts -> what _mask gave for it
 
-    def _mask(self, name: str, partition: int, records: Any, masker: Masker) -> Any:
-        """The masked records, records itself when nothing changed, or None when they cannot be masked."""
+    def _outcome(self, name: str, partition: int, run: Callable[[], Any]) -> Any:
+        """run() masks one partition's records: its MaskResult, counted, or None when they cannot be masked."""
         try:
-            result = mask_records(records, masker, max_output=self.max_output)
+            result = run()
         except UnmaskableRecords as exc:
             # Never passed through; and the client is told (its own error for bad data), rather than
             # seeing an empty partition and refetching it forever in silence.
             self.cache.warn_emptied(self.peer, name, partition, str(exc))
             return None
-        if not result.changed:
-            return records
-        self.cache.count(name, result.counts)
-        return result.data
+        if result.changed:
+            self.cache.count(name, result.counts)
+        return result
+
+    def _mask(self, name: str, partition: int, records: Any, masker: Masker) -> Any:
+        """The masked records, records itself when nothing changed, or None when they cannot be masked."""
+        result = self._outcome(name, partition, partial(mask_records, records, masker, max_output=self.max_output))
+        return None if result is None else result.data if result.changed else records
 
     def __call__(self, response: dict[str, Any]) -> dict[str, Any]:
         for topic in response["responses"]:
@@ -196,12 +203,13 @@ class FetchMasking:
         return response
 
     def advance(self, frame: Any, received: int) -> None:
-        """Mask the partitions whose records lie whole within the first ``received`` bytes of the frame, which is
-        still arriving; what cannot be told yet (or at all) is left to splice, which walks the whole frame."""
+        """Start masking the partitions whose records lie whole within the first ``received`` bytes of the frame,
+        which is still arriving; what cannot be told yet (or at all) is left to splice, which walks the whole
+        frame."""
         plan = plan_for("response", self.api_key, self.version, self._marks, _LOGS)
         try:
-            for _ in self._masked(memoryview(frame), plan.walk_logged(frame, received)[1], received):
-                pass  # _masked keeps what it masked
+            for _ in self._masked(memoryview(frame), plan.walk_logged(frame, received)[1], received, wait=False):
+                pass  # _masked keeps what it started and masked
         except UnexpectedTopic:
             pass  # splice walks the whole frame and raises it there, where the connection closes
 
@@ -214,6 +222,9 @@ class FetchMasking:
         if self._has_leader_hints(data, marks, plan.tag_base):
             return None
         flexible = self.flexible
+        if self.cache.pool is not None:
+            for _ in self._masked(data, log, len(data), wait=False):
+                pass  # every partition started first, so that the pool's threads work side by side
         chunks: list[Any] = []
         done = 4  # frame bytes before this are in chunks (the size prefix is written last)
         for at, masked in self._masked(data, log, len(data)):
@@ -236,10 +247,15 @@ class FetchMasking:
             return data[marks[0]] != 1
         return self.version >= _NODE_ENDPOINTS_FROM and marks[tag_base + _NODE_ENDPOINTS_TAG] >= 0
 
-    def _masked(self, data: memoryview, log: list[tuple[int, int]], received: int) -> Iterator[tuple[int, tuple]]:
+    def _masked(self, data: memoryview, log: list[tuple[int, int]], received: int,
+                wait: bool = True) -> Iterator[tuple[int, tuple]]:
         """(where the records field starts, (masked records or None when unmaskable, where its bytes start, their
         size, where its partition starts)) for each masked partition whose records changed, in frame order, as
-        far as the first ``received`` bytes go. Records of a topic outside ``expected`` raise UnexpectedTopic."""
+        far as the first ``received`` bytes go. Records of a topic outside ``expected`` raise UnexpectedTopic.
+
+        Compressed records go to the worker's mask pool when it has one (the codecs release the GIL, so one
+        partition's decompressing or compressing runs beside another's masking); the rest are masked here.
+        Without ``wait``, partitions still on the pool are passed over (and nothing is yielded for them)."""
         flexible = self.flexible
         expected = self.expected
         entry: tuple[str, Masker] | None = None
@@ -268,13 +284,48 @@ class FetchMasking:
                 masked = self._ahead.get(at)
                 if masked is None:
                     records = data[start:start + size]
-                    result = self._mask(entry[0], _INT32.unpack_from(data, partition_at)[0], records, entry[1])
-                    masked = (None if result is records else (result, start, size, partition_at))
-                    self._ahead[at] = masked or _UNCHANGED
-                elif masked is _UNCHANGED:
-                    continue
-                if masked is not None:
+                    name, masker = entry
+                    partition = _INT32.unpack_from(data, partition_at)[0]
+                    pool = self.cache.pool
+                    if pool is not None and _compressed(records):
+                        future = pool.submit(mask_records, records, masker, max_output=self.max_output)
+                        masked = _Pending(future.result, name, partition, (start, size, partition_at))
+                    else:
+                        masked = self._settle(name, partition, (start, size, partition_at),
+                                              partial(mask_records, records, masker, max_output=self.max_output))
+                    self._ahead[at] = masked
+                if type(masked) is _Pending:
+                    if not wait:
+                        continue
+                    masked = self._settle(masked.name, masked.partition, masked.where, masked.result)
+                    self._ahead[at] = masked
+                if masked is not _UNCHANGED:
                     yield at, masked
+
+    def _settle(self, name: str, partition: int, where: tuple[int, int, int], run: Callable[[], Any]) -> Any:
+        """What masking a partition came to: _UNCHANGED, or (masked records or None when unmaskable, *where)."""
+        result = self._outcome(name, partition, run)
+        if result is None:
+            return (None, *where)
+        return (result.data, *where) if result.changed else _UNCHANGED
+
+
+class _Pending:
+    """A partition being masked on the worker's mask pool: result() waits for it."""
+
+    __slots__ = ("result", "name", "partition", "where")
+
+    def __init__(self, result: Callable[[], Any], name: str, partition: int, where: tuple[int, int, int]) -> None:
+        self.result = result
+        self.name = name
+        self.partition = partition
+        self.where = where  # (where the records start, their size, where the partition starts)
+
+
+def _compressed(records: Any) -> bool:
+    """Whether the first batch of these records is compressed (attributes at byte 21 of a v2 batch; a codec in
+    the low three bits). Only a guess at where the work lies: either way the kernel reads every batch."""
+    return len(records) > 22 and records[22] & 0x07 != 0
 
 
 def _extent(data: memoryview, at: int, flexible: bool, fixed: struct.Struct) -> tuple[int, int]:
