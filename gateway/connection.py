@@ -86,6 +86,10 @@ FixResponse = Callable[[dict[str, Any]], dict[str, Any]]
 _UNKNOWN_TOPIC_IDS = object()
 
 
+class _TopicsUnknown(Exception):
+    """A response fix-up met topic ids this worker has not looked up yet."""
+
+
 def _then(first: FixResponse | None, second: FixResponse | None) -> FixResponse | None:
     """Both response fix-ups, in order (authorization first: masking sees only what may be read)."""
     if first is None or second is None:
@@ -165,6 +169,9 @@ class ClientConnection(asyncio.Protocol):
         self.principal: Principal | None = None
         self.views: ViewHolder | None = None  # the policy as it applies to this principal
         self.fresh_topics = False  # set while handling frames right after a topic lookup made for them
+        # Responses held (in order) while the worker looks up topic ids a response fix-up met, or None.
+        self.held_responses: list[tuple[Any, int]] | None = None
+        self.fresh_response_topics = False  # set while handling responses right after such a lookup
         self.mechanism: str | None = None  # chosen by SaslHandshake, consumed by SaslAuthenticate
         self.expiry: asyncio.TimerHandle | None = None
         self.last_active = 0.0
@@ -381,7 +388,21 @@ class ClientConnection(asyncio.Protocol):
         if outcome.close is None and outcome.answer is None and outcome.forward is None and \
                 outcome.fix_response is None:
             return None
+        if outcome.fix_response is not None:
+            outcome.fix_response = self._looking_up_topics(outcome.fix_response, topics)
         return outcome
+
+    def _looking_up_topics(self, fix: FixResponse, topics: _RecordingTopicIds) -> FixResponse:
+        """The fix-up, raising _TopicsUnknown when it met topic ids this worker does not know (a topic newer
+        than its last look), unless they were just looked up: the response then waits for the lookup (an
+        assignment filtered down once, for instance, would never be sent again)."""
+        def fix_knowing_topics(body: dict[str, Any]) -> dict[str, Any]:
+            topics.missed = False
+            fixed = fix(body)
+            if topics.missed and not self.fresh_response_topics:
+                raise _TopicsUnknown()
+            return fixed
+        return fix_knowing_topics
 
     def _fetch_masking(self, body: dict[str, Any], version: int) -> masking.FetchMasking | None:
         assert self.views is not None
@@ -575,9 +596,12 @@ class ClientConnection(asyncio.Protocol):
     # -- responses -----------------------------------------------------------------------------------
     def upstream_frames(self, frames: list[tuple[Any, int]]) -> None:
         self.last_active = self.ctx.loop.time()
+        if self.held_responses is not None:
+            self.held_responses += frames  # behind the one waiting for a topic lookup, in order
+            return
         inflight = self.inflight
         out: list[Any] = []
-        for frame, correlation_id in frames:
+        for index, (frame, correlation_id) in enumerate(frames):
             while inflight and inflight[0][3] is not None:
                 out.append(inflight.popleft()[3])
             if not inflight:
@@ -610,6 +634,10 @@ class ClientConnection(asyncio.Protocol):
                 except (codec.DecodeError, WalkError, UnmappableNode) as exc:
                     self.close(f"cannot rewrite api_key={api_key} v{version} response: {exc}")
                     return
+                except _TopicsUnknown:
+                    inflight.appendleft((expected, api_key, version, None, fix, grants))
+                    self._hold_responses(frames[index:], out)
+                    return
             out.append(frame)
         while inflight and inflight[0][3] is not None:
             out.append(inflight.popleft()[3])
@@ -621,6 +649,30 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.resume_reading()
         if self.state == DRAINING and not inflight:
             self.close("drained")
+
+    def _hold_responses(self, frames: list[tuple[Any, int]], out: list[Any]) -> None:
+        """Send what is ready, hold these responses (and any behind them) until the worker has looked up its
+        topics, then handle them again, unknown ids now decided as unknown."""
+        if self.transport is not None and out:
+            self.transport.writelines(out)
+        self.held_responses = list(frames)
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+        async def run() -> None:
+            await self.ctx.refresh_topics(self.ctx.loop.time())
+            held, self.held_responses = self.held_responses or [], None
+            if self.state == CLOSED:
+                return
+            if self.upstream is not None:
+                self.upstream.resume_reading()
+            self.fresh_response_topics = True
+            try:
+                self.upstream_frames(held)
+            finally:
+                self.fresh_response_topics = False
+
+        self.ctx.loop.create_task(run())
 
     def upstream_progress(self, frame: bytearray, received: int) -> None:
         """The first ``received`` bytes of a large response are in: a masked Fetch's masking runs ahead on them."""

@@ -207,3 +207,36 @@ def test_franz_go(gateway, idp, make_topic, franz_binary):
     records = [(r["partition"], r["offset"], r["key"], r["value"], r["headers"])
                for r in map(json.loads, result.stdout.decode().splitlines())]
     verify(records)
+
+
+def test_consumer_protocol_member_gets_a_new_topic_at_once(gateway, idp, kafka_cluster, make_topic):
+    """KIP-848 (group.protocol=consumer): the heartbeat response names the assignment by topic id, and the
+    broker sends an assignment only when it changes. A topic created (and filled) straight on the brokers
+    is one no gateway worker has looked up; the worker must look its id up before it filters the assignment,
+    or the member would sit without partitions until the worker's periodic rediscovery (10 s) and the
+    coordinator's next resend. All records arrive within 7 s of subscribing."""
+    import time
+
+    from confluent_kafka import Consumer, Producer
+
+    topic = make_topic(f"kip848-{uuid.uuid4().hex[:6]}", partitions=2)
+    producer = Producer({"bootstrap.servers": kafka_cluster.bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                         "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "admin",
+                         "sasl.password": kafka_cluster.passwords["admin"]})
+    for i in range(100):
+        producer.produce(topic, key=f"key-{i}", value=f"value-{i}")
+    assert producer.flush(30) == 0
+    consumer = Consumer({"bootstrap.servers": gateway.bootstrap, "group.id": f"g-{uuid.uuid4().hex[:6]}",
+                         "group.protocol": "consumer", "auto.offset.reset": "earliest",
+                         **librdkafka_settings(idp.token_endpoint)})
+    started = time.monotonic()
+    consumer.subscribe([topic])
+    values = set()
+    try:
+        while len(values) < 100 and time.monotonic() - started < 7:
+            for message in consumer.consume(100, timeout=0.2):
+                assert message.error() is None, message.error()
+                values.add(message.value())
+    finally:
+        consumer.close()
+    assert len(values) == 100, f"{len(values)} of 100 records within {time.monotonic() - started:.1f} s"

@@ -136,12 +136,16 @@ class Checks:
         return self.allowed("cluster", CLUSTER_NAME, operation)
 
     def topic_name(self, topic_id: bytes) -> str | None:
-        """The gateway's name for a topic id; None for the zero id and ids it does not know."""
+        """The gateway's name for a topic id; None for the zero id and ids it does not know. Only names found
+        are remembered: a response fix-up that met an unknown id runs again once the worker has looked."""
         if topic_id == ZERO_UUID:
             return None
-        if topic_id not in self._names:
-            self._names[topic_id] = self._topics.name_of(topic_id)
-        return self._names[topic_id]
+        name = self._names.get(topic_id)
+        if name is None:
+            name = self._topics.name_of(topic_id)
+            if name is not None:
+                self._names[topic_id] = name
+        return name
 
     def topic_exists(self, name: str) -> bool:
         return self._topics.id_of(name) is not None

@@ -670,17 +670,17 @@ def _offset_delete(version: int, body: dict, checks: Checks) -> Outcome:
     return checks.outcome(forward={**body, "topics": kept}, fix_response=fix)
 
 
-def _group_heartbeat(api_key: int, keep_unknown_ids: bool = False) -> Rule:
+def _group_heartbeat(api_key: int) -> Rule:
     """Group read, then topic describe for every subscribed name (any refused: the whole heartbeat gets 29).
 
     The assignment names topics by id and may come from a regex subscription
     the broker resolves with the gateway's own rights, in this or an earlier
-    heartbeat: it is filtered to topics the identity may describe. Share groups
-    subscribe by name only (each name decided in the heartbeat that sent it), so
-    their assignment holds subscribed topics: an id this worker cannot name yet
-    (the topic is newer than its last look) is kept there, as dropping it would
-    leave the member without partitions; it reveals no name, and fetching it is
-    decided by name once the worker has looked the id up.
+    heartbeat: it is filtered to topics the identity may describe. An id the
+    worker does not know yet (a topic newer than its last look) makes the
+    connection look the topics up and run this again before the response goes
+    on (gateway/connection.py), since the broker sends an assignment only when
+    it changes: dropped once, it would not come back. Still unknown then, it is
+    dropped.
     """
 
     def rule(version: int, body: dict, checks: Checks) -> Outcome:
@@ -696,8 +696,7 @@ def _group_heartbeat(api_key: int, keep_unknown_ids: bool = False) -> Rule:
             if assignment is not None:
                 assignment["topic_partitions"] = [
                     entry for entry in assignment["topic_partitions"]
-                    if _describable_topic(checks, name := checks.topic_name(entry["topic_id"]))
-                    or (keep_unknown_ids and name is None)
+                    if _describable_topic(checks, checks.topic_name(entry["topic_id"]))
                 ]
             return upstream
 
@@ -1379,7 +1378,7 @@ RULES: dict[int, Rule] = {
     LIST_TRANSACTIONS: _list_transactions,
     CONSUMER_GROUP_HEARTBEAT: _group_heartbeat(CONSUMER_GROUP_HEARTBEAT),
     CONSUMER_GROUP_DESCRIBE: _group_describe(CONSUMER_GROUP_DESCRIBE, _consumer_group_topics),
-    SHARE_GROUP_HEARTBEAT: _group_heartbeat(SHARE_GROUP_HEARTBEAT, keep_unknown_ids=True),
+    SHARE_GROUP_HEARTBEAT: _group_heartbeat(SHARE_GROUP_HEARTBEAT),
     SHARE_GROUP_DESCRIBE: _group_describe(SHARE_GROUP_DESCRIBE, _share_group_topics),
     SHARE_FETCH: _share_fetch,
     SHARE_ACKNOWLEDGE: _share_acknowledge,
