@@ -30,6 +30,15 @@ cdef inline void cursor_init(Cursor* c, const unsigned char* data, Py_ssize_t po
     c.error = <PyObject*>error
 
 
+cdef inline void cursor_init_nogil(Cursor* c, const unsigned char* data, Py_ssize_t pos, Py_ssize_t end,
+                                   PyObject* error) noexcept nogil:
+    """cursor_init for code that runs without the GIL: error is the class, borrowed (a module-level one)."""
+    c.data = data
+    c.pos = pos
+    c.end = end
+    c.error = error
+
+
 cdef inline int cursor_fail(Cursor* c, str what) except -1:
     raise (<object>c.error)(f"{what} at offset {c.pos}")
 
@@ -39,13 +48,20 @@ cdef extern from *:
     bint unlikely(bint condition) noexcept nogil
 
 
-cdef inline int _cursor_short(Cursor* c, Py_ssize_t n) except -1:
-    if n < 0:
-        raise (<object>c.error)(f"negative length {n} at offset {c.pos}")
-    raise (<object>c.error)(f"needs {n} bytes at offset {c.pos}, {c.end - c.pos} left")
+cdef inline int _cursor_short(Cursor* c, Py_ssize_t n) except -1 nogil:
+    with gil:
+        if n < 0:
+            raise (<object>c.error)(f"negative length {n} at offset {c.pos}")
+        raise (<object>c.error)(f"needs {n} bytes at offset {c.pos}, {c.end - c.pos} left")
 
 
-cdef inline int cursor_need(Cursor* c, Py_ssize_t n) except -1:
+cdef inline int cursor_fail_nogil(Cursor* c, const char* what) except -1 nogil:
+    """cursor_fail for code that runs without the GIL: a fixed message."""
+    with gil:
+        raise (<object>c.error)(f"{what.decode('utf-8')} at offset {c.pos}")
+
+
+cdef inline int cursor_need(Cursor* c, Py_ssize_t n) except -1 nogil:
     if unlikely(n < 0 or c.end - c.pos < n):
         return _cursor_short(c, n)
     return 0
@@ -56,13 +72,13 @@ cdef inline bint cursor_has(Cursor* c, Py_ssize_t n) noexcept nogil:
     return n >= 0 and c.end - c.pos >= n
 
 
-cdef inline int read_int8(Cursor* c) except -0x80000000:
+cdef inline int read_int8(Cursor* c) except -0x80000000 nogil:
     cursor_need(c, 1)
     c.pos += 1
     return <signed char>c.data[c.pos - 1]
 
 
-cdef inline int read_int16(Cursor* c) except -0x80000000:
+cdef inline int read_int16(Cursor* c) except -0x80000000 nogil:
     cursor_need(c, 2)
     cdef const unsigned char* p = c.data + c.pos
     c.pos += 2
@@ -73,50 +89,53 @@ cdef inline unsigned int _be32(const unsigned char* p) noexcept nogil:
     return (<unsigned int>p[0] << 24) | (<unsigned int>p[1] << 16) | (<unsigned int>p[2] << 8) | p[3]
 
 
-cdef inline int read_int32(Cursor* c) except? -0x7FFFFFFF - 1:
+cdef inline int read_int32(Cursor* c) except? -0x7FFFFFFF - 1 nogil:
     cursor_need(c, 4)
     c.pos += 4
     return <int>_be32(c.data + c.pos - 4)
 
 
-cdef inline long long read_uint32(Cursor* c) except -1:
+cdef inline long long read_uint32(Cursor* c) except -1 nogil:
     cursor_need(c, 4)
     c.pos += 4
     return _be32(c.data + c.pos - 4)
 
 
-cdef inline long long read_int64(Cursor* c) except? -1:
+cdef inline long long read_int64(Cursor* c) except? -1 nogil:
     cursor_need(c, 8)
     cdef unsigned long long v = (<unsigned long long>_be32(c.data + c.pos) << 32) | _be32(c.data + c.pos + 4)
     c.pos += 8
     return <long long>v
 
 
-cdef inline unsigned long long _read_uvarint(Cursor* c, int max_bytes, unsigned long long limit) except? 0xFFFFFFFFFFFFFFFF:
+cdef inline unsigned long long _read_uvarint(Cursor* c, int max_bytes,
+                                             unsigned long long limit) except? 0xFFFFFFFFFFFFFFFF nogil:
     cdef unsigned char b
     cdef unsigned long long value = 0
     cdef int shift = 0
     cdef int count = 0
     while True:
         if count == max_bytes:
-            cursor_fail(c, f"varint longer than {max_bytes} bytes")
+            with gil:
+                cursor_fail(c, f"varint longer than {max_bytes} bytes")
         cursor_need(c, 1)
         b = c.data[c.pos]
         c.pos += 1
         # Bits shifted past 64 would vanish silently; the limit check below cannot see them.
         if shift == 63 and (b & 0x7F) > 1:
-            cursor_fail(c, "varint overflows 64 bits")
+            cursor_fail_nogil(c, "varint overflows 64 bits")
         value |= <unsigned long long>(b & 0x7F) << shift
         count += 1
         if not (b & 0x80):
             break
         shift += 7
     if value > limit:
-        cursor_fail(c, f"varint {value} does not fit its type")
+        with gil:
+            cursor_fail(c, f"varint {value} does not fit its type")
     return value
 
 
-cdef inline int read_varint(Cursor* c) except? -0x7FFFFFFF - 1:
+cdef inline int read_varint(Cursor* c) except? -0x7FFFFFFF - 1 nogil:
     """A zigzag int32 varint of at most 5 bytes."""
     cdef unsigned int u
     # Spelled out here so that the one- and two-byte cases (record lengths, deltas) inline into the record walk.
@@ -131,7 +150,7 @@ cdef inline int read_varint(Cursor* c) except? -0x7FFFFFFF - 1:
     return <int>((u >> 1) ^ (-(<int>(u & 1))))
 
 
-cdef inline long long read_varlong(Cursor* c) except? -1:
+cdef inline long long read_varlong(Cursor* c) except? -1 nogil:
     """A zigzag int64 varint of at most 10 bytes."""
     cdef unsigned long long u
     if c.pos < c.end and c.data[c.pos] < 0x80:
@@ -145,19 +164,19 @@ cdef inline long long read_varlong(Cursor* c) except? -1:
     return <long long>((u >> 1) ^ (-(<long long>(u & 1))))
 
 
-cdef inline unsigned int read_uvarint32(Cursor* c) except? 0xFFFFFFFF:
+cdef inline unsigned int read_uvarint32(Cursor* c) except? 0xFFFFFFFF nogil:
     """An unsigned varint of at most 5 bytes whose value fits 32 bits (snappy's length preamble)."""
     return <unsigned int>_read_uvarint(c, 5, 0xFFFFFFFF)
 
 
-cdef inline Py_ssize_t read_span(Cursor* c, Py_ssize_t n) except -1:
+cdef inline Py_ssize_t read_span(Cursor* c, Py_ssize_t n) except -1 nogil:
     """Skip n bytes (n >= 0, all present); return where they start."""
     cursor_need(c, n)
     c.pos += n
     return c.pos - n
 
 
-cdef inline Py_ssize_t read_sized(Cursor* c, Py_ssize_t* start, bint nullable) except -2:
+cdef inline Py_ssize_t read_sized(Cursor* c, Py_ssize_t* start, bint nullable) except -2 nogil:
     """A varint length then that many bytes: return the length (-1 for null) and set start."""
     cdef int n = read_varint(c)
     if n == -1 and nullable:

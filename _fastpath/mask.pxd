@@ -64,7 +64,14 @@ cdef inline void buf_free(Buf* b) noexcept:
     b.cap = 0
 
 
-cdef inline int _buf_grow(Buf* b, Py_ssize_t need) except -1:
+cdef inline int _buf_grow(Buf* b, Py_ssize_t need) except -1 nogil:
+    # Growing is rare (the first write of a call, or an output larger than guessed): it takes the GIL for
+    # the allocator and for errors, so the kernel itself can run without it.
+    with gil:
+        return _buf_grow_gil(b, need)
+
+
+cdef inline int _buf_grow_gil(Buf* b, Py_ssize_t need) except -1:
     if need > b.limit:
         raise OverflowError(f"output would exceed {b.limit} bytes")
     # At least one byte: the empty bytes object is shared and cannot be resized.
@@ -88,13 +95,13 @@ cdef inline int _buf_grow(Buf* b, Py_ssize_t need) except -1:
     return 0
 
 
-cdef inline int buf_reserve(Buf* b, Py_ssize_t extra) except -1:
+cdef inline int buf_reserve(Buf* b, Py_ssize_t extra) except -1 nogil:
     if b.cap - b.len < extra:
         _buf_grow(b, b.len + extra)
     return 0
 
 
-cdef inline int buf_put(Buf* b, const void* src, Py_ssize_t n) except -1:
+cdef inline int buf_put(Buf* b, const void* src, Py_ssize_t n) except -1 nogil:
     if b.cap - b.len < n:
         _buf_grow(b, b.len + n)
     memcpy(b.data + b.len, src, n)
@@ -102,7 +109,7 @@ cdef inline int buf_put(Buf* b, const void* src, Py_ssize_t n) except -1:
     return 0
 
 
-cdef inline int buf_fill(Buf* b, unsigned char byte, Py_ssize_t n) except -1:
+cdef inline int buf_fill(Buf* b, unsigned char byte, Py_ssize_t n) except -1 nogil:
     if b.cap - b.len < n:
         _buf_grow(b, b.len + n)
     memset(b.data + b.len, byte, n)
@@ -132,9 +139,11 @@ cdef class Masker:
     cdef readonly bint has_value_rules
     cdef readonly bint has_header_rules
     cdef int scan_kinds[3]      # per target: the candidate bitmaps its detector rules read (SCAN_* bits)
+    cdef PyObject** _rules_at[3]  # per target: its rules, borrowed from the tuples above
+    cdef int _nrules[3]
 
     cdef int mask_field(self, MaskCtx* ctx, int target, const unsigned char* header_key, Py_ssize_t header_key_len,
-                        const unsigned char* data, Py_ssize_t n) except -1
+                        const unsigned char* data, Py_ssize_t n) except -1 nogil
 
 
 cdef int maskctx_init(MaskCtx* ctx, Masker masker) except -1

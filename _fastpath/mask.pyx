@@ -926,7 +926,7 @@ cdef struct Candidates:
     const uint64_t* phone
 
 
-cdef int _scan(MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, int kinds, Candidates* cand) except -1:
+cdef int _scan(MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, int kinds, Candidates* cand) except -1 nogil:
     """cand for s[0:n]: the merged pass (sw_scan) over s for every kind of detector the field's rules have, once
     for all of them; ctx keeps the bitmaps until a rule changes the field (mask_field clears ctx.scan_of)."""
     cdef Py_ssize_t words = (n + 63) // 64
@@ -958,6 +958,10 @@ cdef class Rule:
     cdef int strategy           # Strategy
     cdef Py_ssize_t keep_last   # STRAT_PARTIAL
     cdef bytes placeholder      # STRAT_REDACT, and for objects/arrays under STRAT_PARTIAL
+    cdef const char* placeholder_at     # its bytes and length, for code that runs without the GIL
+    cdef Py_ssize_t placeholder_len
+    cdef const char* header_at          # header's bytes (NULL: every header) and length, likewise
+    cdef Py_ssize_t header_len
     cdef bytes hmac_key         # STRAT_HASH
     cdef uint32_t hmac_inner[8] # STRAT_HASH: SHA-256 state after the block (key ^ ipad); each token continues it
     cdef uint32_t hmac_outer[8] # STRAT_HASH: SHA-256 state after the block (key ^ opad)
@@ -966,21 +970,13 @@ cdef class Rule:
     cdef list _names            # per segment (bytes, str) for SEG_KEY, else None: Seg.name points into the
                                 # bytes, the orjson route uses the str
 
-    cdef int next_match(self, const unsigned char* s, Py_ssize_t n, Py_ssize_t start, object text,
-                        const Candidates* cand, Py_ssize_t* ms, Py_ssize_t* me) except -1:
-        """1 and [ms, me) for the next match at or after start, or 0. text is s as bytes for a regex; cand, when
-        not NULL, the candidate bitmaps of s (the same matches, found faster)."""
+    cdef int next_match(self, const unsigned char* s, Py_ssize_t n, Py_ssize_t start, PyObject* text,
+                        const Candidates* cand, Py_ssize_t* ms, Py_ssize_t* me) except -1 nogil:
+        """1 and [ms, me) for the next match at or after start, or 0. text is s as bytes for a regex (the only
+        kind that takes the GIL); cand, when not NULL, the candidate bitmaps of s (the same matches, faster)."""
         if self.kind == KIND_REGEX:
-            while start <= n:
-                found = self.regex.search(text, start)
-                if found is None:
-                    return 0
-                if found.end() > found.start():
-                    ms[0] = found.start()
-                    me[0] = found.end()
-                    return 1
-                start = found.start() + 1
-            return 0
+            with gil:
+                return self._regex_match(<object>text, n, start, ms, me)
         if self.detector == DET_CARD:
             return _find_card(s, n, start, ms, me, cand.card if cand != NULL else NULL)
         if self.detector == DET_EMAIL:
@@ -990,6 +986,19 @@ cdef class Rule:
         if self.detector == DET_SSN:
             return _find_ssn(s, n, start, ms, me)
         return _find_phone(s, n, start, ms, me, cand.phone if cand != NULL else NULL)
+
+    cdef int _regex_match(self, object text, Py_ssize_t n, Py_ssize_t start, Py_ssize_t* ms,
+                          Py_ssize_t* me) except -1:
+        while start <= n:
+            found = self.regex.search(text, start)
+            if found is None:
+                return 0
+            if found.end() > found.start():
+                ms[0] = found.start()
+                me[0] = found.end()
+                return 1
+            start = found.start() + 1
+        return 0
 
 
 cdef list _parse_path(str path):
@@ -1034,6 +1043,8 @@ cdef Rule _compile_rule(object spec, int index, bytes hmac_key):
         if target != "header" or not isinstance(header, str):
             raise ValueError(f"{where}: 'header' is a header name, for target 'header' only")
         rule.header = header.encode("utf-8")
+        rule.header_at = PyBytes_AS_STRING(rule.header)
+        rule.header_len = PyBytes_GET_SIZE(rule.header)
     kind = spec.get("kind")
     if kind not in KINDS:
         raise ValueError(f"{where}: 'kind' must be one of {sorted(KINDS)}")
@@ -1085,6 +1096,8 @@ cdef Rule _compile_rule(object spec, int index, bytes hmac_key):
     if not isinstance(placeholder, str) or any(ch in '"\\' or ord(ch) < 0x20 for ch in placeholder):
         raise ValueError(f"{where}: 'placeholder' must be a string without quotes, backslashes or control characters")
     rule.placeholder = placeholder.encode("utf-8")
+    rule.placeholder_at = PyBytes_AS_STRING(rule.placeholder)
+    rule.placeholder_len = PyBytes_GET_SIZE(rule.placeholder)
     if rule.strategy == STRAT_HASH and len(hmac_key) < MIN_HMAC_KEY:
         raise ValueError(f"{where}: strategy 'hash' needs an hmac_key of at least {MIN_HMAC_KEY} bytes")
     rule.hmac_key = hmac_key
@@ -1127,13 +1140,13 @@ cdef struct Emit:
     Py_ssize_t count            # replacements made
 
 
-cdef inline int _emit_upto(Emit* em, Py_ssize_t upto) except -1:
+cdef inline int _emit_upto(Emit* em, Py_ssize_t upto) except -1 nogil:
     buf_put(em.dst, em.src + em.done, upto - em.done)
     em.done = upto
     return 0
 
 
-cdef int _put_token(Rule rule, Buf* dst, const unsigned char* text, Py_ssize_t n) except -1:
+cdef int _put_token(Rule rule, Buf* dst, const unsigned char* text, Py_ssize_t n) except -1 nogil:
     if n < 0:
         raise ValueError("negative length")
     cdef unsigned char d[32]
@@ -1155,7 +1168,7 @@ cdef int _put_token(Rule rule, Buf* dst, const unsigned char* text, Py_ssize_t n
     return buf_put(dst, out, TOKEN_CHARS)
 
 
-cdef int _put_partial(Rule rule, Buf* dst, const unsigned char* text, Py_ssize_t n) except -1:
+cdef int _put_partial(Rule rule, Buf* dst, const unsigned char* text, Py_ssize_t n) except -1 nogil:
     # Characters are UTF-8 code points: count the bytes that do not continue one.
     cdef Py_ssize_t chars = 0, i, keep, tail = n, seen = 0
     if sw_ascii(text, n):
@@ -1175,14 +1188,14 @@ cdef int _put_partial(Rule rule, Buf* dst, const unsigned char* text, Py_ssize_t
     return buf_put(dst, text + tail, n - tail)
 
 
-cdef int _put_masked(Rule rule, Buf* dst, const unsigned char* text, Py_ssize_t n, int mode) except -1:
+cdef int _put_masked(Rule rule, Buf* dst, const unsigned char* text, Py_ssize_t n, int mode) except -1 nogil:
     """The strategy's replacement for text (null writes nothing here: callers write JSON null themselves)."""
     cdef Py_ssize_t start
     if mode == MODE_QUOTED:
         buf_put(dst, b'"', 1)
     start = dst.len
     if rule.strategy == STRAT_REDACT:
-        buf_put(dst, PyBytes_AS_STRING(rule.placeholder), PyBytes_GET_SIZE(rule.placeholder))
+        buf_put(dst, rule.placeholder_at, rule.placeholder_len)
     elif rule.strategy == STRAT_PARTIAL:
         _put_partial(rule, dst, text, n)
     elif rule.strategy == STRAT_HASH:
@@ -1321,7 +1334,7 @@ cdef Py_ssize_t _skip_value(const unsigned char* s, Py_ssize_t n, Py_ssize_t k) 
 
 
 cdef Py_ssize_t _mask_target(Rule rule, const unsigned char* s, Py_ssize_t n, Py_ssize_t k,
-                             Emit* em) except AT_ERROR:
+                             Emit* em) except AT_ERROR nogil:
     """Replace the JSON value at k (the end of a path); the position after it."""
     cdef Py_ssize_t vs, ve
     cdef bint escapes = False
@@ -1352,7 +1365,7 @@ cdef Py_ssize_t _mask_target(Rule rule, const unsigned char* s, Py_ssize_t n, Py
             buf_put(em.dst, b"null", 4)
         elif (c == c'{' or c == c'[') and rule.strategy != STRAT_HASH:
             buf_put(em.dst, b'"', 1)
-            buf_put(em.dst, PyBytes_AS_STRING(rule.placeholder), PyBytes_GET_SIZE(rule.placeholder))
+            buf_put(em.dst, rule.placeholder_at, rule.placeholder_len)
             buf_put(em.dst, b'"', 1)
         else:
             _put_masked(rule, em.dst, s + vs, ve - vs, MODE_QUOTED)
@@ -1371,7 +1384,7 @@ cdef inline bint _same(const unsigned char* a, const unsigned char* b, Py_ssize_
 
 
 cdef Py_ssize_t _path_value(Rule rule, const unsigned char* s, Py_ssize_t n, Py_ssize_t k, int seg,
-                            Emit* em) except AT_ERROR:
+                            Emit* em) except AT_ERROR nogil:
     """Walk the value at k along rule.segs[seg:], masking what the path reaches; the position after it."""
     cdef Py_ssize_t ks, ke
     cdef bint hit, escapes
@@ -1453,15 +1466,15 @@ cdef Py_ssize_t _path_value(Rule rule, const unsigned char* s, Py_ssize_t n, Py_
     return _skip_value(s, n, k)     # not the container the path needs here: nothing below matches
 
 
-cdef int _path_scan(Rule rule, const unsigned char* s, Py_ssize_t n, Emit* em) except -1:
+cdef int _path_scan(Rule rule, const unsigned char* s, Py_ssize_t n, Emit* em) except -1 nogil:
     cdef Py_ssize_t k = _path_value(rule, s, n, 0, 0, em)
     if k == AT_UNDECIDED:
         return ST_UNDECIDED
     return ST_OK if k >= 0 and _ws(s, n, k) == n else ST_INVALID
 
 
-cdef int _detect_json(Rule rule, const unsigned char* s, Py_ssize_t n, object text, const Candidates* cand,
-                      Emit* em) except -1:
+cdef int _detect_json(Rule rule, const unsigned char* s, Py_ssize_t n, PyObject* text, const Candidates* cand,
+                      Emit* em) except -1 nogil:
     """Detector or regex over a JSON document, each match replaced so the document stays JSON."""
     cdef Py_ssize_t pos = 0, ms, me, quotes = 0, content = 0, se = -1, ts, te, k
     cdef bint in_string = False, escapes, whole, ignored = False
@@ -1537,8 +1550,8 @@ cdef int _detect_json(Rule rule, const unsigned char* s, Py_ssize_t n, object te
     return ST_OK
 
 
-cdef int _detect_raw(Rule rule, const unsigned char* s, Py_ssize_t n, object text, const Candidates* cand,
-                     Emit* em, int mode) except -1:
+cdef int _detect_raw(Rule rule, const unsigned char* s, Py_ssize_t n, PyObject* text, const Candidates* cand,
+                     Emit* em, int mode) except -1 nogil:
     cdef Py_ssize_t pos = 0, ms, me
     while rule.next_match(s, n, pos, text, cand, &ms, &me):
         _emit_upto(em, ms)
@@ -1602,7 +1615,7 @@ cdef object _detect_py_text(Rule rule, str value, list count):
         em.done = 0
         em.dst = &tmp
         em.count = 0
-        _detect_raw(rule, em.src, PyBytes_GET_SIZE(raw), raw, NULL, &em, MODE_RAW)
+        _detect_raw(rule, em.src, PyBytes_GET_SIZE(raw), <PyObject*>raw, NULL, &em, MODE_RAW)
         if em.count == 0:
             return value
         _emit_upto(&em, PyBytes_GET_SIZE(raw))
@@ -1658,7 +1671,7 @@ cdef int _orjson_route(Rule rule, const unsigned char* s, Py_ssize_t n, Emit* em
 # ---------------------------------------------------------------------------------------------------------------
 # One rule on one field
 
-cdef inline int _reset(Emit* em, Buf* dst, const unsigned char* header, Py_ssize_t head) except -1:
+cdef inline int _reset(Emit* em, Buf* dst, const unsigned char* header, Py_ssize_t head) except -1 nogil:
     dst.len = 0
     buf_put(dst, header, head)
     em.done = 0
@@ -1666,9 +1679,27 @@ cdef inline int _reset(Emit* em, Buf* dst, const unsigned char* header, Py_ssize
     return 0
 
 
-cdef int _apply_rule(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, Buf* dst, int kinds) except -1:
+cdef int _apply_rule(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, Buf* dst,
+                     int kinds) except -1 nogil:
     """Write s masked by rule into dst and return 1, or return 0 when the rule changes nothing. kinds: the
-    candidate bitmaps the field's detectors read (Masker.scan_kinds)."""
+    candidate bitmaps the field's detectors read (Masker.scan_kinds). Runs without the GIL, but for a regex
+    rule, whose matching is Python's re, and the orjson route."""
+    if rule.kind == KIND_REGEX:
+        with gil:
+            return _apply_regex_rule(rule, ctx, s, n, dst, kinds)
+    return _apply(rule, ctx, s, n, dst, kinds, NULL)
+
+
+cdef int _apply_regex_rule(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, Buf* dst,
+                           int kinds) except -1:
+    cdef Py_ssize_t head = FRAME_HEADER if n >= FRAME_HEADER and s[0] == 0 else 0
+    text = PyBytes_FromStringAndSize(<const char*>s + head, n - head)
+    return _apply(rule, ctx, s, n, dst, kinds, <PyObject*>text)
+
+
+cdef int _apply(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, Buf* dst, int kinds,
+                PyObject* text) except -1 nogil:
+    """_apply_rule's work; text: the payload as bytes, for a regex rule (else NULL)."""
     cdef Py_ssize_t head = FRAME_HEADER if n >= FRAME_HEADER and s[0] == 0 else 0
     cdef const unsigned char* payload = s + head
     cdef Py_ssize_t size = n - head
@@ -1683,7 +1714,6 @@ cdef int _apply_rule(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t
         cand = &candidates
     em.src = payload
     em.dst = dst
-    text = PyBytes_FromStringAndSize(<const char*>payload, size) if rule.kind == KIND_REGEX else None
     _reset(&em, dst, s, head)
     # A framed payload cannot be decoded here, so a path never applies to it as JSON.
     if _looks_json(payload, size) and not (rule.kind == KIND_PATH and head):
@@ -1693,7 +1723,8 @@ cdef int _apply_rule(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t
             st = _detect_json(rule, payload, size, text, cand, &em)
         if st == ST_UNDECIDED:
             _reset(&em, dst, s, head)
-            st = _orjson_route(rule, payload, size, &em)
+            with gil:
+                st = _orjson_route(rule, payload, size, &em)
         if st == ST_OK:
             return _finish(rule, ctx, &em, size)
         _reset(&em, dst, s, head)
@@ -1708,7 +1739,7 @@ cdef int _apply_rule(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t
     return _finish(rule, ctx, &em, size)
 
 
-cdef inline int _finish(Rule rule, MaskCtx* ctx, Emit* em, Py_ssize_t size) except -1:
+cdef inline int _finish(Rule rule, MaskCtx* ctx, Emit* em, Py_ssize_t size) except -1 nogil:
     if em.count == 0:
         return 0
     _emit_upto(em, size)
@@ -1781,27 +1812,36 @@ cdef class Masker:
             # and phone detectors test every byte, so once they need a pass the card's bitmap comes nearly free.
             if self.scan_kinds[target] == SCAN_CARD:
                 self.scan_kinds[target] = 0
+            # The rules as borrowed pointers (the tuples keep them alive), for mask_field without the GIL.
+            self._rules_at[target] = <PyObject**>PyMem_Malloc(max(len(target_rules), 1) * sizeof(PyObject*))
+            if self._rules_at[target] == NULL:
+                raise MemoryError()
+            self._nrules[target] = len(target_rules)
+            for index, item in enumerate(target_rules):
+                self._rules_at[target][index] = <PyObject*>item
+
+    def __dealloc__(self):
+        cdef int target
+        for target in range(3):
+            PyMem_Free(self._rules_at[target])
 
     cdef int mask_field(self, MaskCtx* ctx, int target, const unsigned char* header_key, Py_ssize_t header_key_len,
-                        const unsigned char* data, Py_ssize_t n) except -1:
+                        const unsigned char* data, Py_ssize_t n) except -1 nogil:
         """1 when the rules for target changed the field (ctx.result holds it), else 0."""
-        cdef tuple rules = (self._value_rules if target == TARGET_VALUE
-                            else self._key_rules if target == TARGET_KEY else self._header_rules)
-        cdef Rule rule
+        cdef PyObject** rules = self._rules_at[target]
         cdef Buf* dst
         cdef bint flip = False, changed = False
-        cdef int kinds = self.scan_kinds[target]
+        cdef int kinds = self.scan_kinds[target], i
         ctx.result = data
         ctx.result_len = n
         ctx.scan_of = NULL    # bitmaps of an earlier field may sit at the same address
-        for item in rules:
-            rule = <Rule>item
-            if target == TARGET_HEADER and rule.header is not None and (
-                    PyBytes_GET_SIZE(rule.header) != header_key_len
-                    or memcmp(PyBytes_AS_STRING(rule.header), header_key, header_key_len) != 0):
+        for i in range(self._nrules[target]):
+            if target == TARGET_HEADER and (<Rule>rules[i]).header_at != NULL and (
+                    (<Rule>rules[i]).header_len != header_key_len
+                    or memcmp((<Rule>rules[i]).header_at, header_key, header_key_len) != 0):
                 continue
             dst = &ctx.b if flip else &ctx.a
-            if _apply_rule(rule, ctx, ctx.result, ctx.result_len, dst, kinds):
+            if _apply_rule(<Rule>rules[i], ctx, ctx.result, ctx.result_len, dst, kinds):
                 ctx.result = dst.data
                 ctx.result_len = dst.len
                 ctx.scan_of = NULL

@@ -35,6 +35,10 @@ the codec they had (gzip level 1, snappy in the framing it came in, lz4 frames
 of independent 64 KiB blocks like Kafka's own, zstd level 1). Nothing is copied
 unless something changed. Every failure raises UnmaskableRecords: the caller
 blanks the partition rather than send anything partly masked.
+
+The record walk and the rules run without the GIL (batch by batch), so threads
+can mask several partitions at once; the codecs release it too (cramjam). Only
+regex rules, the orjson route, growing the output and raising take it back.
 """
 
 from cpython.buffer cimport PyBUF_READ, PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -42,11 +46,12 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndS
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.pyport cimport PY_SSIZE_T_MAX
+from cpython.ref cimport PyObject
 from libc.string cimport memcmp, memmove
 
-from _fastpath.cursor cimport (Cursor, cursor_fail, cursor_has, cursor_init, cursor_need, read_int8, read_int16,
-                               read_int32, read_int64, read_sized, read_span, read_uint32, read_uvarint32,
-                               read_varint, read_varlong)
+from _fastpath.cursor cimport (Cursor, cursor_fail, cursor_has, cursor_init, cursor_init_nogil, cursor_need,
+                               read_int8, read_int16, read_int32, read_int64, read_sized, read_span, read_uint32,
+                               read_uvarint32, read_varint, read_varlong)
 from _fastpath.mask cimport (TARGET_HEADER, TARGET_KEY, TARGET_VALUE, Buf, Masker, MaskCtx, buf_free, buf_init,
                              buf_init_bytes, buf_put, buf_reserve, buf_take_bytes, counts_by_name, maskctx_free,
                              maskctx_init)
@@ -57,6 +62,9 @@ from crc32c import crc32c
 
 class UnmaskableRecords(Exception):
     """The records cannot be masked (legacy format, malformed, or over a limit); the message says why."""
+
+
+cdef PyObject* _UNMASKABLE = <PyObject*>UnmaskableRecords   # for cursors made without the GIL (the class lives on)
 
 
 cdef enum:
@@ -306,7 +314,7 @@ cdef struct Rebuild:
     Py_ssize_t synced           # src[:synced] is represented in dst
 
 
-cdef inline int _sync(Rebuild* rb, Py_ssize_t upto) except -1:
+cdef inline int _sync(Rebuild* rb, Py_ssize_t upto) except -1 nogil:
     buf_put(rb.dst, rb.src + rb.synced, upto - rb.synced)
     rb.synced = upto
     return 0
@@ -331,7 +339,7 @@ cdef inline void _write_varint(unsigned char* p, long long v) noexcept nogil:
     p[0] = u
 
 
-cdef inline int _put_varint(Buf* out, long long v) except -1:
+cdef inline int _put_varint(Buf* out, long long v) except -1 nogil:
     cdef int size = _varint_size(v)
     buf_reserve(out, size)
     _write_varint(out.data + out.len, v)
@@ -349,7 +357,7 @@ cdef struct Record:
 
 
 cdef int _field(Masker masker, MaskCtx* ctx, Rebuild* rb, Cursor* c, Record* r, int target,
-                const unsigned char* header_key, Py_ssize_t header_key_len) except -1:
+                const unsigned char* header_key, Py_ssize_t header_key_len) except -1 nogil:
     """Read the nullable field at c; when the rules for target change it, write the record so far into dst."""
     cdef Py_ssize_t length_at = c.pos, field
     cdef Py_ssize_t size = read_sized(c, &field, True)
@@ -370,13 +378,14 @@ cdef int _field(Masker masker, MaskCtx* ctx, Rebuild* rb, Cursor* c, Record* r, 
     return 0
 
 
-cdef int _finish_record(Rebuild* rb, Record* r, Py_ssize_t end) except -1:
+cdef int _finish_record(Rebuild* rb, Record* r, Py_ssize_t end) except -1 nogil:
     """Copy the rest of a changed record and set its length."""
     buf_put(rb.dst, rb.src + r.copied, end - r.copied)
     cdef int old_prefix = _varint_size(r.length)
     cdef Py_ssize_t size = rb.dst.len - r.at - old_prefix
     if size > 0x7FFFFFFF:
-        raise UnmaskableRecords("masked record exceeds 2 GiB")
+        with gil:
+            raise UnmaskableRecords("masked record exceeds 2 GiB")
     cdef int new_prefix = _varint_size(size)
     if new_prefix != old_prefix:
         buf_reserve(rb.dst, new_prefix - old_prefix)
@@ -388,7 +397,7 @@ cdef int _finish_record(Rebuild* rb, Record* r, Py_ssize_t end) except -1:
 
 
 cdef bint _mask_records(Masker masker, MaskCtx* ctx, Rebuild* rb, Py_ssize_t start, Py_ssize_t end,
-                        int count) except -1:
+                        int count) except -1 nogil:
     """Mask the count records in src[start:end]; the changed ones go rebuilt into dst (after syncing what
     precedes them). Returns whether any changed; the caller syncs the rest."""
     cdef Cursor c
@@ -396,7 +405,7 @@ cdef bint _mask_records(Masker masker, MaskCtx* ctx, Rebuild* rb, Py_ssize_t sta
     cdef Py_ssize_t record_end, field, key, key_size
     cdef int headers, i, h
     cdef bint dirty = False
-    cursor_init(&c, rb.src, start, end, UnmaskableRecords)
+    cursor_init_nogil(&c, rb.src, start, end, _UNMASKABLE)
     for i in range(count):
         r.start = c.pos
         r.length = read_varint(&c)
@@ -419,7 +428,8 @@ cdef bint _mask_records(Masker masker, MaskCtx* ctx, Rebuild* rb, Py_ssize_t sta
             read_sized(&c, &field, True)
         headers = read_varint(&c)
         if headers < 0:
-            cursor_fail(&c, f"negative header count {headers}")
+            with gil:
+                cursor_fail(&c, f"negative header count {headers}")
         for h in range(headers):
             key_size = read_sized(&c, &key, False)
             if masker.has_header_rules:
@@ -427,13 +437,15 @@ cdef bint _mask_records(Masker masker, MaskCtx* ctx, Rebuild* rb, Py_ssize_t sta
             else:
                 read_sized(&c, &field, True)
         if c.pos != record_end:
-            cursor_fail(&c, f"record declares {r.length} bytes but its fields end {record_end - c.pos} before")
+            with gil:
+                cursor_fail(&c, f"record declares {r.length} bytes but its fields end {record_end - c.pos} before")
         c.end = end
         if r.changed:
             _finish_record(rb, &r, record_end)
             dirty = True
     if c.pos != end:
-        cursor_fail(&c, f"{end - c.pos} bytes after the batch's {count} records")
+        with gil:
+            cursor_fail(&c, f"{end - c.pos} bytes after the batch's {count} records")
     return dirty
 
 
@@ -461,7 +473,7 @@ def mask_records(records, Masker masker, *, Py_ssize_t max_output, Py_ssize_t ma
     cdef Rebuild rb, inner
     cdef Py_ssize_t before_len, before_synced, size, batch_at
     cdef int codec
-    cdef bint xerial
+    cdef bint xerial, dirty
     cdef const unsigned char* src
     PyObject_GetBuffer(records, &view, PyBUF_SIMPLE)
     # About the input's size, in a bytes object that becomes the result: no growing, no final copy.
@@ -489,7 +501,9 @@ def mask_records(records, Masker masker, *, Py_ssize_t max_output, Py_ssize_t ma
             if codec == CODEC_NONE:
                 before_len = out.len
                 before_synced = rb.synced
-                if _mask_records(masker, &ctx, &rb, b.start + RECORDS, b.end, b.count):
+                with nogil:     # the record walk and the rules run without the GIL: partitions mask side by side
+                    dirty = _mask_records(masker, &ctx, &rb, b.start + RECORDS, b.end, b.count)
+                if dirty:
                     _sync(&rb, b.end)
                     _seal(&out, before_len + b.start - before_synced)
                 continue
@@ -499,7 +513,9 @@ def mask_records(records, Masker masker, *, Py_ssize_t max_output, Py_ssize_t ma
             inner.dst = &records_out
             inner.synced = 0
             records_out.len = 0
-            if _mask_records(masker, &ctx, &inner, 0, size, b.count):
+            with nogil:
+                dirty = _mask_records(masker, &ctx, &inner, 0, size, b.count)
+            if dirty:
                 _sync(&inner, size)
                 _sync(&rb, b.start)
                 batch_at = out.len
