@@ -92,8 +92,8 @@ class Limits:
     max_inflight: int = 1024
     write_buffer_high: int = 4 * 1024 * 1024
     idle_timeout_s: float = 600.0
-    # Threads per worker that mask compressed partitions of one Fetch response side by side: the codecs
-    # release the GIL, so one partition's (de)compression overlaps another's masking. 0: all inline.
+    # Threads per worker that mask the partitions of one Fetch response side by side (the masking kernel
+    # and the codecs release the GIL). 0: all on the event loop's thread.
     mask_threads: int = 2
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from _fastpath.record_batch import iter_records
 from _fastpath.walker import WalkError
+from gateway.handlers import masking
 from gateway.handlers.apiversions import spec_versions
 from gateway.handlers.masking import FetchMasking, MaskerCache, UnexpectedTopic, fetch_masking, share_fetch_masking
 from gateway.policy.engine import Engine
@@ -288,10 +289,10 @@ def compressed(samples: list, codec: str) -> bytes:
 
 
 @pytest.mark.parametrize("version", [12, 17])
-def test_a_mask_pool_gives_the_same_bytes(engine, version):
-    """Compressed partitions masked on the worker's mask pool (threads side by side), uncompressed ones inline,
-    an unmaskable compressed one among them, with masking run ahead on a partial frame first: the same
-    response, warnings and counts as masking everything inline."""
+def test_a_mask_pool_gives_the_same_bytes(engine, version, monkeypatch):
+    """Partitions masked on the worker's mask pool (threads side by side, the kernel without the GIL),
+    compressed and not, an unmaskable one among them, with masking run ahead on a partial frame first: the
+    same response, warnings and counts as masking everything inline."""
     lz4, zstd = compressed(SAMPLES, "lz4"), compressed(SAMPLES, "zstd")
     broken = bytearray(zstd)
     broken[-1] ^= 0xFF
@@ -299,7 +300,11 @@ def test_a_mask_pool_gives_the_same_bytes(engine, version):
     frame = codec.encode_response_frame(FETCH, version, 7, body)
     inline = masking_for(engine, version)
     expected = b"".join(inline.splice(frame))
+    monkeypatch.setattr(masking, "POOL_MIN_BYTES", 0)  # these test partitions are small
+    submitted = []
     with ThreadPoolExecutor(2) as pool:
+        monkeypatch.setattr(pool, "submit", lambda *args, **kw: submitted.append(args) or
+                            ThreadPoolExecutor.submit(pool, *args, **kw))
         pooled = masking_for(engine, version)
         pooled.cache.pool = pool
         arriving = bytearray(b"\xff" * len(frame))
@@ -307,6 +312,7 @@ def test_a_mask_pool_gives_the_same_bytes(engine, version):
         pooled.advance(arriving, len(frame) // 2)
         arriving[:] = frame
         assert b"".join(pooled.splice(arriving)) == expected
+    assert len(submitted) == 5, "every partition holding records went to the pool"
     assert pooled.cache.counts == inline.cache.counts and pooled.cache.emptied_total == inline.cache.emptied_total == 1
     _, decoded = codec.decode_response_frame(FETCH, version, expected)
     partitions = decoded["responses"][0]["partitions"]

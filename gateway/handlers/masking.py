@@ -127,6 +127,7 @@ _INT16 = struct.Struct(">h")
 _INT32 = struct.Struct(">i")
 _CORRUPT = _INT16.pack(CORRUPT_MESSAGE)
 _UNCHANGED: Any = object()  # masked ahead, and nothing changed
+POOL_MIN_BYTES = 64 * 1024  # smaller records are masked on the event loop's thread
 
 
 class FetchMasking:
@@ -253,9 +254,10 @@ class FetchMasking:
         size, where its partition starts)) for each masked partition whose records changed, in frame order, as
         far as the first ``received`` bytes go. Records of a topic outside ``expected`` raise UnexpectedTopic.
 
-        Compressed records go to the worker's mask pool when it has one (the codecs release the GIL, so one
-        partition's decompressing or compressing runs beside another's masking); the rest are masked here.
-        Without ``wait``, partitions still on the pool are passed over (and nothing is yielded for them)."""
+        Records of POOL_MIN_BYTES or more go to the worker's mask pool when it has one: the kernel and the codecs
+        release the GIL, so partitions are masked side by side; smaller ones are masked here, where a hand-off
+        would cost more than it saves. Without ``wait``, partitions still on the pool are passed over (and
+        nothing is yielded for them)."""
         flexible = self.flexible
         expected = self.expected
         entry: tuple[str, Masker] | None = None
@@ -287,7 +289,7 @@ class FetchMasking:
                     name, masker = entry
                     partition = _INT32.unpack_from(data, partition_at)[0]
                     pool = self.cache.pool
-                    if pool is not None and _compressed(records):
+                    if pool is not None and size >= POOL_MIN_BYTES:
                         future = pool.submit(mask_records, records, masker, max_output=self.max_output)
                         masked = _Pending(future.result, name, partition, (start, size, partition_at))
                     else:
@@ -320,12 +322,6 @@ class _Pending:
         self.name = name
         self.partition = partition
         self.where = where  # (where the records start, their size, where the partition starts)
-
-
-def _compressed(records: Any) -> bool:
-    """Whether the first batch of these records is compressed (attributes at byte 21 of a v2 batch; a codec in
-    the low three bits). Only a guess at where the work lies: either way the kernel reads every batch."""
-    return len(records) > 22 and records[22] & 0x07 != 0
 
 
 def _extent(data: memoryview, at: int, flexible: bool, fixed: struct.Struct) -> tuple[int, int]:
