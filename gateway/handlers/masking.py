@@ -264,6 +264,11 @@ class FetchMasking:
         unexpected: bytes | None = None
         partition_at = 0
         for code, at in log:
+            if code == _TOPIC_ID or code == _TOPIC:
+                if at + 16 > received:
+                    # The key may not be all in (a partial walk logs a field before reading it), and no
+                    # partition's records can follow within 16 bytes of a topic key anyway.
+                    break
             if code == _TOPIC_ID:
                 topic_id = bytes(data[at:at + 16])
                 entry = self.maskers.get(topic_id)
