@@ -22,14 +22,6 @@ cdef struct Cursor:
     PyObject* error             # exception class raised on a violation; a module-level class, so borrowed
 
 
-cdef inline void cursor_init(Cursor* c, const unsigned char* data, Py_ssize_t pos, Py_ssize_t end,
-                             object error) noexcept:
-    c.data = data
-    c.pos = pos
-    c.end = end
-    c.error = <PyObject*>error
-
-
 cdef inline void cursor_init_nogil(Cursor* c, const unsigned char* data, Py_ssize_t pos, Py_ssize_t end,
                                    PyObject* error) noexcept nogil:
     """cursor_init for code that runs without the GIL: error is the class, borrowed (a module-level one)."""
@@ -37,6 +29,11 @@ cdef inline void cursor_init_nogil(Cursor* c, const unsigned char* data, Py_ssiz
     c.pos = pos
     c.end = end
     c.error = error
+
+
+cdef inline void cursor_init(Cursor* c, const unsigned char* data, Py_ssize_t pos, Py_ssize_t end,
+                             object error) noexcept:
+    cursor_init_nogil(c, data, pos, end, <PyObject*>error)
 
 
 cdef inline int cursor_fail(Cursor* c, str what) except -1:
@@ -53,12 +50,6 @@ cdef inline int _cursor_short(Cursor* c, Py_ssize_t n) except -1 nogil:
         if n < 0:
             raise (<object>c.error)(f"negative length {n} at offset {c.pos}")
         raise (<object>c.error)(f"needs {n} bytes at offset {c.pos}, {c.end - c.pos} left")
-
-
-cdef inline int cursor_fail_nogil(Cursor* c, const char* what) except -1 nogil:
-    """cursor_fail for code that runs without the GIL: a fixed message."""
-    with gil:
-        raise (<object>c.error)(f"{what.decode('utf-8')} at offset {c.pos}")
 
 
 cdef inline int cursor_need(Cursor* c, Py_ssize_t n) except -1 nogil:
@@ -123,7 +114,8 @@ cdef inline unsigned long long _read_uvarint(Cursor* c, int max_bytes,
         c.pos += 1
         # Bits shifted past 64 would vanish silently; the limit check below cannot see them.
         if shift == 63 and (b & 0x7F) > 1:
-            cursor_fail_nogil(c, "varint overflows 64 bits")
+            with gil:
+                cursor_fail(c, "varint overflows 64 bits")
         value |= <unsigned long long>(b & 0x7F) << shift
         count += 1
         if not (b & 0x80):
