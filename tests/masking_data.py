@@ -31,8 +31,9 @@ masking:
 """
 
 
-def masking_policy(masked_prefix: str, plain_prefix: str) -> str:
-    """etl reads everything as it is; the analyst reads `masked_prefix*` masked and `plain_prefix*` as it is."""
+def masking_policy(masked_prefix: str, plain_prefix: str, plain_operations: str = "read, describe") -> str:
+    """etl reads everything as it is; the analyst reads `masked_prefix*` masked and `plain_prefix*` as it is
+    (``plain_operations``)."""
     return f"""\
 rules:
   - name: etl-everything
@@ -51,7 +52,7 @@ rules:
   - name: analyst-reads-plain
     subjects: ["user:analyst"]
     resources: [{{topic: {{prefix: "{plain_prefix}"}}}}]
-    operations: [read, describe]
+    operations: [{plain_operations}]
   - name: analyst-groups
     subjects: ["user:analyst"]
     resources: [{{group: {{glob: "*"}}}}]

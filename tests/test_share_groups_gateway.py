@@ -28,6 +28,7 @@ from tests.masking_data import (
     admin_client_config,
     check_masked,
     make_samples,
+    masking_policy,
     produce_samples,
 )
 from tests.oauth import java_client_properties
@@ -43,28 +44,10 @@ FORMATTER = {"print.partition": "true", "print.headers": "true", "print.key": "t
 
 
 def share_policy(masked: str, plain: str, approver_groups: str, plain_operations: str = "read, describe") -> str:
-    """etl may do anything; the analyst reads `masked*` masked and `plain*` as produced (``plain_operations``),
-    in any group; the approver may describe (not read) `masked*` and use only groups `approver_groups*`."""
-    return f"""\
-rules:
-  - name: etl-everything
-    subjects: ["group:etl"]
-    resources:
-      [{{topic: {{glob: "*"}}}}, {{group: {{glob: "*"}}}}, {{transactional_id: {{glob: "*"}}}}, {{cluster: true}}]
-    operations: [all]
-  - name: analyst-reads-masked
-    subjects: ["user:analyst"]
-    resources: [{{topic: {{prefix: "{masked}"}}}}]
-    operations: [read, describe]
-    masking: [ibans, cards, emails]
-  - name: analyst-reads-plain
-    subjects: ["user:analyst"]
-    resources: [{{topic: {{prefix: "{plain}"}}}}]
-    operations: [{plain_operations}]
-  - name: analyst-groups
-    subjects: ["user:analyst"]
-    resources: [{{group: {{glob: "*"}}}}]
-    operations: [read, describe]
+    """masking_policy's (etl may do anything; the analyst reads `masked*` masked and `plain*` as produced, with
+    ``plain_operations``, in any group), and the approver may describe (not read) `masked*` and use only groups
+    `approver_groups*`."""
+    return masking_policy(masked, plain, plain_operations).removesuffix(MASKING_RULES) + f"""\
   - name: approver-describes
     subjects: ["user:approver"]
     resources: [{{topic: {{prefix: "{masked}"}}}}]
