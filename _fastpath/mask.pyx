@@ -349,17 +349,21 @@ cdef extern from *:
         return w12 & (w >> 12 | next << 52);
     }
 
-    /* Fill the bitmaps of the kinds asked for, (n + 63) / 64 words each. */
-    static void sw_scan(const unsigned char *s, Py_ssize_t n, int kinds, uint64_t *card, uint64_t *iban,
-                        uint64_t *phone) {
+    typedef void (*sw_classes_fn)(const unsigned char *s, Py_ssize_t k, Py_ssize_t n, int kinds, sw_classes *c);
+
+    /* Fill the bitmaps of the kinds asked for, (n + 63) / 64 words each, with classes_at for each 64 bytes.
+       Always inlined, so each caller below gets its own copy with its classes_at inlined too. */
+    static inline __attribute__((always_inline)) void sw_scan_with(
+            sw_classes_fn classes_at, const unsigned char *s, Py_ssize_t n, int kinds, uint64_t *card,
+            uint64_t *iban, uint64_t *phone) {
         Py_ssize_t words = (n + 63) / 64, t;
         sw_classes prev, cur, next;
         memset(&prev, 0, sizeof prev);
         memset(&next, 0, sizeof next);
         if (words == 0) return;
-        sw_classes_at(s, 0, n, kinds, &cur);
+        classes_at(s, 0, n, kinds, &cur);
         for (t = 0; t < words; t++) {
-            if (t + 1 < words) sw_classes_at(s, (t + 1) * 64, n, kinds, &next);
+            if (t + 1 < words) classes_at(s, (t + 1) * 64, n, kinds, &next);
             else memset(&next, 0, sizeof next);
             if (kinds & SCAN_CARD) card[t] = sw_run13(cur.run, next.run);
             if (kinds & SCAN_IBAN) {
@@ -371,6 +375,52 @@ cdef extern from *:
             prev = cur;
             cur = next;
         }
+    }
+
+    static void sw_scan_portable(const unsigned char *s, Py_ssize_t n, int kinds, uint64_t *card, uint64_t *iban,
+                                 uint64_t *phone) {
+        sw_scan_with(sw_classes_at, s, n, kinds, card, iban, phone);
+    }
+
+    #if SW_JSON_SKIP_HAVE_SIMD
+    /* AVX-512BW: the 64 bytes in one load (a masked one past n, which reads nothing there: bytes past n are in no
+       class), each class a mask compare straight into its 64-bit word. Gives what sw_classes_at gives. */
+    __attribute__((target("avx512f,avx512bw")))
+    static inline void sw_classes_at_avx512(const unsigned char *s, Py_ssize_t k, Py_ssize_t n, int kinds,
+                                            sw_classes *c) {
+        __m512i v = n - k >= 64 ? _mm512_loadu_si512((const void *)(s + k))
+                                : _mm512_maskz_loadu_epi8(((__mmask64)1 << (n - k)) - 1, (const void *)(s + k));
+        __mmask64 digit = _mm512_cmple_epu8_mask(_mm512_sub_epi8(v, _mm512_set1_epi8(0x30)), _mm512_set1_epi8(9));
+        c->digit = digit;
+        c->run = c->alpha = c->sign = 0;
+        if (kinds & SCAN_CARD)
+            c->run = digit | _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(0x20))
+                     | _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(0x2D));
+        if (kinds & SCAN_IBAN)
+            c->alpha = _mm512_cmple_epu8_mask(
+                _mm512_sub_epi8(_mm512_or_si512(v, _mm512_set1_epi8(0x20)), _mm512_set1_epi8(0x61)),
+                _mm512_set1_epi8(25));
+        if (kinds & SCAN_PHONE)
+            c->sign = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(0x2B))
+                      | _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(0x28));
+    }
+
+    __attribute__((target("avx512f,avx512bw")))
+    static void sw_scan_avx512(const unsigned char *s, Py_ssize_t n, int kinds, uint64_t *card, uint64_t *iban,
+                               uint64_t *phone) {
+        sw_scan_with(sw_classes_at_avx512, s, n, kinds, card, iban, phone);
+    }
+    #endif
+
+    typedef void (*sw_scan_fn)(const unsigned char *s, Py_ssize_t n, int kinds, uint64_t *card, uint64_t *iban,
+                               uint64_t *phone);
+
+    /* The merged pass in use: AVX-512BW where the CPU and OS have it (json_skip.h's check), else SSE2/portable. */
+    static sw_scan_fn sw_scan_fastest(void) {
+    #if SW_JSON_SKIP_HAVE_SIMD
+        if (sw_json_cpu_has_avx512()) return sw_scan_avx512;
+    #endif
+        return sw_scan_portable;
     }
 
     /* The first set bit at or after i in a bitmap of s[0:n], or -1. */
@@ -485,8 +535,11 @@ cdef extern from *:
         SCAN_CARD
         SCAN_IBAN
         SCAN_PHONE
-    void sw_scan(const unsigned char* s, Py_ssize_t n, int kinds, uint64_t* card, uint64_t* iban,
-                 uint64_t* phone) noexcept nogil
+    ctypedef void (*sw_scan_fn)(const unsigned char* s, Py_ssize_t n, int kinds, uint64_t* card, uint64_t* iban,
+                                uint64_t* phone) noexcept nogil
+    sw_scan_fn sw_scan_fastest() noexcept nogil
+    void sw_scan_portable(const unsigned char* s, Py_ssize_t n, int kinds, uint64_t* card, uint64_t* iban,
+                          uint64_t* phone) noexcept nogil
     Py_ssize_t sw_next(const uint64_t* bits, Py_ssize_t n, Py_ssize_t i) noexcept nogil
 
 
@@ -926,6 +979,10 @@ cdef struct Candidates:
     const uint64_t* phone
 
 
+# The merged pass in use: AVX-512BW where the CPU has it, else SSE2 (sw_scan_fastest).
+cdef sw_scan_fn _sw_scan = sw_scan_fastest()
+
+
 cdef int _scan(MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, int kinds, Candidates* cand) except -1 nogil:
     """cand for s[0:n]: the merged pass (sw_scan) over s for every kind of detector the field's rules have, once
     for all of them; ctx keeps the bitmaps until a rule changes the field (mask_field clears ctx.scan_of)."""
@@ -936,7 +993,7 @@ cdef int _scan(MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, int kinds, Ca
         ctx.scan.len = 0
         buf_reserve(&ctx.scan, 3 * words * sizeof(uint64_t))
         bits = <uint64_t*>ctx.scan.data
-        sw_scan(s, n, kinds, bits, bits + words, bits + 2 * words)
+        _sw_scan(s, n, kinds, bits, bits + words, bits + 2 * words)
         ctx.scan_of = s
         ctx.scan_len = n
         ctx.scan_kinds = kinds
@@ -1867,10 +1924,11 @@ cdef class Masker:
             maskctx_free(&ctx)
 
 
-def _detector_matches(str detector, data, bint merged, Py_ssize_t start=0):
+def _detector_matches(str detector, data, bint merged, Py_ssize_t start=0, bint portable=False):
     """For tests: every match of one detector in data from start on, found one after another as the rules do
     (each search starting where the last match ended), as [(start, end), ...]. merged: through the candidate
-    bitmaps of the merged pass over every kind, else by the detector's own scan; both must agree."""
+    bitmaps of the merged pass over every kind, else by the detector's own scan; both must agree. portable: the merged
+    pass without AVX-512, which must give the same bitmaps."""
     if detector not in DETECTORS:
         raise ValueError(f"detector must be one of {sorted(DETECTORS)}")
     if start < 0:
@@ -1888,7 +1946,8 @@ def _detector_matches(str detector, data, bint merged, Py_ssize_t start=0):
             bits = <uint64_t*>PyMem_Malloc(3 * words * sizeof(uint64_t))
             if bits == NULL:
                 raise MemoryError()
-            sw_scan(s, n, SCAN_CARD | SCAN_IBAN | SCAN_PHONE, bits, bits + words, bits + 2 * words)
+            (sw_scan_portable if portable else _sw_scan)(s, n, SCAN_CARD | SCAN_IBAN | SCAN_PHONE, bits, bits + words,
+                                                         bits + 2 * words)
             cand = bits if kind == DET_CARD else bits + words if kind == DET_IBAN else bits + 2 * words
         while start <= n:
             if kind == DET_CARD:

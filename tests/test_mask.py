@@ -431,7 +431,8 @@ def test_merged_pass_finds_exactly_what_each_detector_finds_alone(seed):
     """The merged pass marks where each detector could anchor a match and the detector looks only there: on
     random bytes dense in what detectors look for (0 to 300 bytes, across the 16-byte blocks and 64-bit words
     of the pass), every detector finds the same matches through the candidates as by its own scan, searching
-    from the start and from anywhere."""
+    from the start and from anywhere; through the pass in use (AVX-512 where the CPU has it, masked loads for
+    the last block) and the portable one alike."""
     rng = random.Random(seed)
     found = dict.fromkeys(POSITIVES, 0)
     for _ in range(80):
@@ -440,6 +441,7 @@ def test_merged_pass_finds_exactly_what_each_detector_finds_alone(seed):
             for start in (0, rng.randint(0, len(data))):
                 alone = _detector_matches(kind, data, False, start)
                 assert _detector_matches(kind, data, True, start) == alone, (kind, data, start)
+                assert _detector_matches(kind, data, True, start, portable=True) == alone, (kind, data, start)
                 found[kind] += len(alone)
     assert all(found.values()), found   # every detector did find something: the comparison is not vacuous
 
@@ -454,6 +456,7 @@ def test_every_positive_is_found_at_every_offset(kind):
             data = FILLER * offset + text.encode() + FILLER * (150 - offset - len(text))
             expected = [(offset, offset + len(text))]
             assert _detector_matches(kind, data, True) == expected == _detector_matches(kind, data, False), offset
+            assert _detector_matches(kind, data, True, portable=True) == expected, offset
             assert masker.apply(data) == (FILLER * offset + b"****" + FILLER * (150 - offset - len(text)),
                                           {kind: 1})
 
