@@ -15,9 +15,12 @@ class Masker:
     ) -> tuple[bytes, dict[str, int]]: ...
 
 def _detector_matches(
-    detector: str, data: bytes | bytearray | memoryview, merged: bool, start: int = 0
+    detector: str, data: bytes | bytearray | memoryview, merged: bool, start: int = 0, portable: bool = False
 ) -> list[tuple[int, int]]:
-    """For tests: a detector's matches one after another, found through the merged pass's candidates or not."""
+    """For tests: a detector's matches one after another, found through the merged pass's candidates or not,
+    with or without the AVX-512 searches."""
+def _card_run_for_tests(data: bytes | bytearray | memoryview, start: int = 0, portable: bool = False) -> int:
+    """For tests: the start of the first run of 13+ digits, spaces and dashes at or after start, or -1."""
 def _sha256_impl() -> str:
     """For tests: the SHA-256 compression in use, "sha-ni" or "scalar"."""
 def _hmac_sha256_for_tests(key: bytes, msg: bytes, impl: str | None = None) -> bytes:
