@@ -31,7 +31,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from _fastpath import FrameError, FrameReader, WalkError
 from gateway.approvals import access
@@ -60,6 +60,7 @@ from gateway.protocol.walkplan import plan_for
 from gateway.upstream import Upstream, UpstreamError
 
 if TYPE_CHECKING:
+    from gateway.policy.engine import PrincipalView
     from gateway.worker import WorkerContext
 
 log = logging.getLogger("streamward.connection")
@@ -148,6 +149,17 @@ class Refusal(Exception):
     """A request the gateway will not forward and cannot answer: close the connection, log the reason."""
 
 
+class _Delivery(NamedTuple):
+    """What a response must still be checked against when it comes back, because it may have waited at the
+    broker (a long poll) while things changed: the access grants its request relied on (they may end), and for
+    a Fetch or ShareFetch the policy view its topics were authorized and masked under with the request itself
+    (a policy published meanwhile may refuse or mask them now)."""
+
+    grants: tuple[str, ...]
+    view: PrincipalView | None
+    topics: tuple[str | bytes, ...]  # the topics it may answer with records of, by name or (Fetch v13+) id
+
+
 class ClientConnection(asyncio.Protocol):
     def __init__(self, ctx: WorkerContext, node_id: int | None) -> None:
         self.ctx = ctx
@@ -158,8 +170,8 @@ class ClientConnection(asyncio.Protocol):
         self.upstream: Upstream | None = None
         self.requests = FrameReader(ctx.config.limits.pre_auth_max_bytes, True)
         # (correlation id, api key, version, gateway-made answer or None, response fix-up or None,
-        #  ids of the access grants the request was allowed by, or None)
-        self.inflight: deque[tuple[int, int, int, bytes | None, FixResponse | None, tuple[str, ...] | None]] = deque()
+        #  what to check before delivering the response, or None)
+        self.inflight: deque[tuple[int, int, int, bytes | None, FixResponse | None, _Delivery | None]] = deque()
         self.grants_used: set[str] = set()  # ids of the access grants this connection relied on
         self.share_sessions = ShareSessions()  # what this connection's share sessions hold on the broker
         self.request_grants: list[str] = []  # the grants the request being decided relies on
@@ -291,6 +303,7 @@ class ClientConnection(asyncio.Protocol):
                     continue
                 body = codec.decode_request(api_key, version, frame, codec.parse_request_header(frame)[4])
                 expects_response = _expects_response(api_key, version, body)
+                view = self.views.view() if self.views is not None else None    # what the request is decided by
                 outcome = self._authorize(api_key, version, body)
                 if outcome is _UNKNOWN_TOPIC_IDS:
                     # Another worker's client learned these ids; ask the brokers once, then decide.
@@ -314,7 +327,8 @@ class ClientConnection(asyncio.Protocol):
                 if api_key == FETCH:
                     fix = _then(fix, self._fetch_masking(body, version))
                 elif api_key == SHARE_FETCH:
-                    fix = _then(fix, self._share_fetch_masking(body, version))
+                    shared = self._share_fetch_masking(body, version)
+                    fix = _then(fix, shared)
                 elif api_key == SHARE_ACKNOWLEDGE:
                     self.share_sessions.acknowledge(body)
                 elif api_key == PRODUCE and self.ctx.policy.engine().masks_on_produce:
@@ -340,8 +354,15 @@ class ClientConnection(asyncio.Protocol):
                 self.close(f"refused api_key={api_key} v{version}: {exc}")
                 return
             if expects_response:
-                inflight.append((correlation_id, api_key, version, None, fix,
-                                 tuple(self.request_grants) if self.request_grants else None))
+                delivery = None
+                if api_key == FETCH:
+                    delivery = _Delivery(tuple(self.request_grants), view, tuple(
+                        topic["topic_id"] if version >= 13 else topic["topic"] for topic in body["topics"]))
+                elif api_key == SHARE_FETCH:
+                    delivery = _Delivery(tuple(self.request_grants), view, tuple(shared.expected or ()))
+                elif self.request_grants:
+                    delivery = _Delivery(tuple(self.request_grants), None, ())
+                inflight.append((correlation_id, api_key, version, None, fix, delivery))
             forward.append(frame)
         self._flush_forward(forward)
         if len(inflight) >= self.ctx.config.limits.max_inflight and self.transport is not None:
@@ -462,6 +483,28 @@ class ClientConnection(asyncio.Protocol):
             client_id = self.principal.client_id if self.principal else None
             self.ctx.access.want(self.views.subject, self.views.groups, resource_type, name, operations,
                                  decision.rule, f"{self.peer} client_id={client_id}")
+
+    def _undeliverable(self, delivery: _Delivery) -> str | None:
+        """Why this response may no longer go to the client, or None."""
+        if delivery.grants:
+            ended = self._ended_grant(delivery.grants)
+            if ended is not None:
+                return f"access grant {ended} ended"
+        if delivery.view is None or self.views is None:
+            return None
+        now = self.views.view()
+        if now is delivery.view:    # the same policy generation: the usual case, settled by one comparison
+            return None
+        for topic in delivery.topics:
+            name = topic if type(topic) is str else self.ctx.cluster.name_of(topic)
+            if name is None:    # its decision cannot be asked again: fail closed
+                return f"the policy changed while a fetch waited at the broker, and topic id {topic.hex()} is unknown"
+            before = delivery.view.decide("topic", name, "read")
+            after = now.decide("topic", name, "read")
+            if (after.allowed, after.approval_required, after.masking) != (
+                    before.allowed, before.approval_required, before.masking):
+                return f"the policy changed for topic {name} while a fetch of it waited at the broker"
+        return None
 
     def _ended_grant(self, grants: tuple[str, ...]) -> str | None:
         """The first of these grants that is no longer in force (revoked, expired), or None."""
@@ -607,15 +650,17 @@ class ClientConnection(asyncio.Protocol):
             if not inflight:
                 self.close(f"broker sent correlation id {correlation_id} that no request is waiting for")
                 return
-            expected, api_key, version, _, fix, grants = inflight.popleft()
+            expected, api_key, version, _, fix, delivery = inflight.popleft()
             if correlation_id != expected:
                 self.close(f"broker answered correlation id {correlation_id}, expected {expected}")
                 return
-            if grants is not None:
-                ended = self._ended_grant(grants)
-                if ended is not None:
-                    # A long poll answered after the grant's end must not deliver: close instead.
-                    self.close(f"access grant {ended} ended")
+            if delivery is not None:
+                # A long poll answered after a grant ended, or after a policy change that refuses or masks its
+                # topics differently, must not deliver: close instead (the client fetches again, and is decided
+                # afresh; nothing is lost, as nothing was delivered).
+                reason = self._undeliverable(delivery)
+                if reason is not None:
+                    self.close(reason)
                     return
             if type(fix) is masking.FetchMasking:
                 try:
@@ -635,7 +680,7 @@ class ClientConnection(asyncio.Protocol):
                     self.close(f"cannot rewrite api_key={api_key} v{version} response: {exc}")
                     return
                 except _TopicsUnknown:
-                    inflight.appendleft((expected, api_key, version, None, fix, grants))
+                    inflight.appendleft((expected, api_key, version, None, fix, delivery))
                     self._hold_responses(frames[index:], out)
                     return
             out.append(frame)

@@ -37,7 +37,7 @@ from gateway.policy.engine import Engine
 from gateway.policy.loader import load_policies
 from gateway.protocol import codec
 from gateway.protocol.apis import FETCH, PRODUCE
-from gateway.protocol.errors import CORRUPT_MESSAGE
+from gateway.protocol.errors import CORRUPT_MESSAGE, TOPIC_AUTHORIZATION_FAILED
 from tests.masking_data import (
     CODECS,
     COMMITTED,
@@ -405,3 +405,39 @@ def test_a_topic_without_masking_rules_gets_the_brokers_bytes(gateway, kafka_clu
     assert through == from_broker
     assert through_both[topic]["records"] == broker_both[topic]["records"] == records
     assert through_both[masked]["records"] != broker_both[masked]["records"]
+
+
+@pytest.mark.parametrize("change", ["masked", "refused"])
+def test_a_fetch_waiting_at_the_broker_is_decided_again_when_the_policy_changes(gateway, kafka_cluster, admin, connect,
+                                                                                 prefixes, first_node, change):
+    """A long-poll Fetch of a topic the analyst reads as it is waits at the broker; meanwhile the policy starts to
+    mask that topic (or stops allowing it), and then records with secrets arrive, which answer the poll. That
+    answer was decided under the old policy, so it must not reach the client: the gateway closes the connection
+    and says why. Nothing is lost: a new Fetch is decided under the new policy (masked records, or refused)."""
+    masked_prefix, plain_prefix = prefixes
+    topic = f"inflight-{change}-{uuid.uuid4().hex[:6]}"
+    create_on(admin, first_node, topic)
+    gateway.install_policy(masking_policy(masked_prefix, topic))
+    try:
+        wire = connect(f"127.0.0.1:{gateway.port_base + first_node}", subject="analyst")
+        long_poll = fetch_body(topic, [0])
+        long_poll.update(max_wait_ms=20_000, min_bytes=1)
+        wire.send_raw(codec.encode_request_frame(FETCH, 12, 99, "inflight-test", long_poll))
+        time.sleep(1.0)     # the Fetch is at the broker, waiting for records
+        gateway.install_policy(masking_policy(topic, plain_prefix) if change == "masked"
+                               else masking_policy(masked_prefix, plain_prefix))
+        samples = make_samples(topic, 0, [(PLAIN, 20)], partitions=1)
+        produce_samples(kafka_cluster, "none", samples)
+        assert wire.closed_by_peer(timeout=15)
+        assert not LeakScanner(samples).leaks(bytes(wire.received))
+        assert f"the policy changed for topic {topic} while a fetch of it waited at the broker" in gateway.log_text()
+
+        again = connect(f"127.0.0.1:{gateway.port_base + first_node}", subject="analyst")
+        answer = partitions_of(again.request(FETCH, 12, fetch_body(topic, [0])))[topic]
+        if change == "masked":
+            assert answer["error_code"] == 0 and len(list(iter_records(answer["records"]))) == len(samples)
+            assert not LeakScanner(samples).leaks(bytes(again.received))
+        else:
+            assert answer["error_code"] == TOPIC_AUTHORIZATION_FAILED and not answer["records"]
+    finally:
+        gateway.install_policy(masking_policy(masked_prefix, plain_prefix))
