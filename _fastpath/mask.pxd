@@ -128,6 +128,8 @@ cdef struct MaskCtx:
     const unsigned char* scan_of    # ...of this field's payload, or NULL: stale once the field changes
     Py_ssize_t scan_len
     int scan_kinds
+    Buf glue                    # an AWS Glue zlib-compressed field, inflated (and framed as uncompressed)
+    Py_ssize_t max_inflated     # the most bytes one such field may inflate to
 
 
 cdef class Masker:

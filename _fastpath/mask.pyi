@@ -2,6 +2,8 @@ from typing import Literal
 
 Target = Literal["key", "value", "header"]
 
+class UnmaskableField(Exception): ...
+
 class Masker:
     """Masking rules compiled once; see _fastpath/mask.pyx for the rule format and what each rule does."""
 
@@ -11,7 +13,8 @@ class Masker:
     has_header_rules: bool
     def __init__(self, rules: list[dict[str, object]], hmac_key: bytes) -> None: ...
     def apply(
-        self, data: bytes | bytearray | memoryview, *, target: Target = "value", header: str | None = None
+        self, data: bytes | bytearray | memoryview, *, target: Target = "value", header: str | None = None,
+        max_inflated: int = ...,
     ) -> tuple[bytes, dict[str, int]]: ...
 
 def _detector_matches(

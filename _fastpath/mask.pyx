@@ -13,6 +13,17 @@ Fields
     first non-blank byte is ``{`` or ``[`` is handled as JSON; anything else as
     text, or as binary when framed.
 
+    AWS Glue schema registry framing is 18 bytes: version 3, a compression byte
+    (0 none, 5 zlib) and the 16-byte schema version id. A path rule keeps the
+    header and masks the payload whole; detectors and regexes keep the first two
+    bytes and scan the rest, id included (a field that merely starts like Glue
+    framing must not hide 16 bytes from them), as binary. A zlib-compressed
+    payload (its zlib header checked) is inflated first, up to a cap, and rules
+    run on it framed as uncompressed; when one changes it, the field goes out
+    that way (compression byte 0, which Glue's deserializers read per record),
+    else as it came. One that does not inflate within the cap raises
+    UnmaskableField: compressed, it would pass every detector unseen.
+
 Rules
     ``json_path``  A path of names, ``*`` (any member) and ``[*]`` (any element):
                    ``card.number``, ``customer.*.email``, ``items[*].iban``. A scan
@@ -79,6 +90,7 @@ Strategies
 """
 
 import re
+import zlib
 
 import orjson
 
@@ -624,6 +636,12 @@ cdef enum SegKind:
     SEG_ANY_INDEX = 2   # [*]
 
 DEF FRAME_HEADER = 5        # Confluent magic byte + schema id
+DEF GLUE_HEADER = 18        # AWS Glue: version, compression, schema version id (16 bytes)
+DEF GLUE_KEPT = 2           # what detectors and regexes leave of it: version and compression
+DEF GLUE_VERSION = 3
+DEF GLUE_UNCOMPRESSED = 0
+DEF GLUE_ZLIB = 5
+DEF GLUE_MAX_INFLATED = 64 << 20    # the default cap on an inflated Glue payload (mask_records passes its own)
 DEF MAX_PATH = 32           # segments in one path; the path scan recurses once per segment
 DEF DEPTH_WORDS = 8         # 64-bit words of open-bracket bits: the nesting (512) the skip scan follows
 DEF MAX_JSON_DEPTH = DEPTH_WORDS * 64
@@ -1785,6 +1803,46 @@ cdef inline int _reset(Emit* em, Buf* dst, const unsigned char* header, Py_ssize
     return 0
 
 
+cdef inline Py_ssize_t _frame_head(const unsigned char* s, Py_ssize_t n, int kind) noexcept nogil:
+    """How many leading bytes of a field are framing that a rule of this kind keeps (see Fields above)."""
+    if n >= FRAME_HEADER and s[0] == 0:
+        return FRAME_HEADER
+    if n >= GLUE_HEADER and s[0] == GLUE_VERSION and s[1] == GLUE_UNCOMPRESSED:
+        return GLUE_HEADER if kind == KIND_PATH else GLUE_KEPT
+    return 0
+
+
+cdef inline bint _glue_zlib(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """Whether the field is Glue framed with a zlib payload: compression byte 5, then a zlib header (deflate,
+    a window of at most 32 KiB, and the check bits that make CMF * 256 + FLG a multiple of 31)."""
+    return (n >= GLUE_HEADER + 2 and s[0] == GLUE_VERSION and s[1] == GLUE_ZLIB
+            and (s[GLUE_HEADER] & 0x0F) == 8 and (s[GLUE_HEADER] >> 4) <= 7
+            and (s[GLUE_HEADER] * 256 + s[GLUE_HEADER + 1]) % 31 == 0)
+
+
+class UnmaskableField(Exception):
+    """A field the rules cannot be applied to, and which must therefore not be delivered."""
+
+
+cdef int _inflate_glue(MaskCtx* ctx, const unsigned char* s, Py_ssize_t n) except -1:
+    """ctx.glue = the Glue zlib field s[0:n] inflated: its header with compression byte 0, then the payload."""
+    inflater = zlib.decompressobj()
+    try:
+        payload = inflater.decompress(PyBytes_FromStringAndSize(<const char*>s + GLUE_HEADER, n - GLUE_HEADER),
+                                      ctx.max_inflated + 1)
+    except zlib.error as exc:
+        raise UnmaskableField(f"Glue-framed zlib payload is corrupt: {exc}") from None
+    if len(payload) > ctx.max_inflated or inflater.unconsumed_tail:
+        raise UnmaskableField(f"Glue-framed zlib payload inflates past {ctx.max_inflated} bytes")
+    if not inflater.eof:
+        raise UnmaskableField("Glue-framed zlib payload ends before its zlib stream does")
+    ctx.glue.len = 0
+    buf_put(&ctx.glue, s, GLUE_HEADER)
+    ctx.glue.data[1] = GLUE_UNCOMPRESSED
+    buf_put(&ctx.glue, PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload))
+    return 0
+
+
 cdef int _apply_rule(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, Buf* dst,
                      int kinds) except -1 nogil:
     """Write s masked by rule into dst and return 1, or return 0 when the rule changes nothing. kinds: the
@@ -1798,7 +1856,7 @@ cdef int _apply_rule(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t
 
 cdef int _apply_regex_rule(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, Buf* dst,
                            int kinds) except -1:
-    cdef Py_ssize_t head = FRAME_HEADER if n >= FRAME_HEADER and s[0] == 0 else 0
+    cdef Py_ssize_t head = _frame_head(s, n, rule.kind)
     text = PyBytes_FromStringAndSize(<const char*>s + head, n - head)
     return _apply(rule, ctx, s, n, dst, kinds, <PyObject*>text)
 
@@ -1806,7 +1864,7 @@ cdef int _apply_regex_rule(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_s
 cdef int _apply(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, Buf* dst, int kinds,
                 PyObject* text) except -1 nogil:
     """_apply_rule's work; text: the payload as bytes, for a regex rule (else NULL)."""
-    cdef Py_ssize_t head = FRAME_HEADER if n >= FRAME_HEADER and s[0] == 0 else 0
+    cdef Py_ssize_t head = _frame_head(s, n, rule.kind)
     cdef const unsigned char* payload = s + head
     cdef Py_ssize_t size = n - head
     cdef Emit em
@@ -1862,6 +1920,8 @@ cdef int maskctx_init(MaskCtx* ctx, Masker masker) except -1:
     buf_init(&ctx.a, PY_SSIZE_T_MAX)
     buf_init(&ctx.b, PY_SSIZE_T_MAX)
     buf_init(&ctx.scan, PY_SSIZE_T_MAX)
+    buf_init(&ctx.glue, PY_SSIZE_T_MAX)
+    ctx.max_inflated = GLUE_MAX_INFLATED
     ctx.scan_of = NULL
     ctx.scan_len = 0
     ctx.scan_kinds = 0
@@ -1883,6 +1943,7 @@ cdef void maskctx_free(MaskCtx* ctx) noexcept:
     buf_free(&ctx.a)
     buf_free(&ctx.b)
     buf_free(&ctx.scan)
+    buf_free(&ctx.glue)
     PyMem_Free(ctx.counts)
     ctx.counts = NULL
 
@@ -1936,7 +1997,7 @@ cdef class Masker:
         """1 when the rules for target changed the field (ctx.result holds it), else 0."""
         cdef PyObject** rules = self._rules_at[target]
         cdef Buf* dst
-        cdef bint flip = False, changed = False
+        cdef bint flip = False, changed = False, framed = False
         cdef int kinds = self.scan_kinds[target], i
         ctx.result = data
         ctx.result_len = n
@@ -1946,6 +2007,14 @@ cdef class Masker:
                     (<Rule>rules[i]).header_len != header_key_len
                     or memcmp((<Rule>rules[i]).header_at, header_key, header_key_len) != 0):
                 continue
+            if not framed:
+                # Once a rule applies to the field: a Glue zlib payload is inflated for every rule to see.
+                framed = True
+                if _glue_zlib(data, n):
+                    with gil:
+                        _inflate_glue(ctx, data, n)
+                    ctx.result = ctx.glue.data
+                    ctx.result_len = ctx.glue.len
             dst = &ctx.b if flip else &ctx.a
             if _apply_rule(<Rule>rules[i], ctx, ctx.result, ctx.result_len, dst, kinds):
                 ctx.result = dst.data
@@ -1955,8 +2024,9 @@ cdef class Masker:
                 changed = True
         return changed
 
-    def apply(self, data, *, str target="value", str header=None):
-        """Mask one field outside a batch: (masked bytes, or data itself when unchanged; counts by rule name)."""
+    def apply(self, data, *, str target="value", str header=None, Py_ssize_t max_inflated=GLUE_MAX_INFLATED):
+        """Mask one field outside a batch: (masked bytes, or data itself when unchanged; counts by rule name).
+        Raises UnmaskableField when the field cannot be masked."""
         if target not in TARGETS:
             raise ValueError(f"target must be one of {sorted(TARGETS)}")
         cdef bytes field = bytes(data)
@@ -1964,6 +2034,7 @@ cdef class Masker:
         cdef MaskCtx ctx
         try:
             maskctx_init(&ctx, self)
+            ctx.max_inflated = max_inflated
             changed = self.mask_field(&ctx, TARGETS[target], <const unsigned char*>PyBytes_AS_STRING(key),
                                       PyBytes_GET_SIZE(key), <const unsigned char*>PyBytes_AS_STRING(field),
                                       PyBytes_GET_SIZE(field))

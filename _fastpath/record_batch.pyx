@@ -55,9 +55,10 @@ from _fastpath.cursor cimport (Cursor, cursor_fail, cursor_has, cursor_init, cur
 from _fastpath.mask cimport (TARGET_HEADER, TARGET_KEY, TARGET_VALUE, Buf, Masker, MaskCtx, buf_free, buf_init,
                              buf_init_bytes, buf_put, buf_reserve, buf_take_bytes, counts_by_name, maskctx_free,
                              maskctx_init)
-
 import cramjam
 from crc32c import crc32c
+
+from _fastpath.mask import UnmaskableField
 
 
 class UnmaskableRecords(Exception):
@@ -481,6 +482,7 @@ def mask_records(records, Masker masker, *, Py_ssize_t max_output, Py_ssize_t ma
     buf_init(&records_out, PY_SSIZE_T_MAX)
     try:
         maskctx_init(&ctx, masker)
+        ctx.max_inflated = max_inflated
         src = <const unsigned char*>view.buf
         cursor_init(&c, src, 0, view.len, UnmaskableRecords)
         rb.src = src
@@ -540,6 +542,8 @@ def mask_records(records, Masker masker, *, Py_ssize_t max_output, Py_ssize_t ma
     except OverflowError:
         # Only the output buffer has a limit.
         raise UnmaskableRecords(f"records exceed max_output ({max_output} bytes)") from None
+    except UnmaskableField as exc:
+        raise UnmaskableRecords(str(exc)) from None
     finally:
         maskctx_free(&ctx)
         buf_free(&records_out)

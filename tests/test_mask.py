@@ -12,11 +12,12 @@ import hashlib
 import hmac
 import json
 import random
+import zlib
 
 import orjson
 import pytest
 
-from _fastpath.mask import Masker, _card_run_for_tests, _detector_matches
+from _fastpath.mask import Masker, UnmaskableField, _card_run_for_tests, _detector_matches
 
 KEY = b"k" * 32
 
@@ -308,6 +309,69 @@ def test_framed_payload_under_a_path_rule_is_masked_whole():
 def test_framed_json_schema_payload_is_scanned_as_json():
     data = FRAME + b'{"n": 4111111111111111}'
     assert masked([detector("card")], data) == FRAME + b'{"n": "****"}'
+
+
+GLUE_ID = bytes(range(0x41, 0x51))  # the 16-byte schema version id (letters: nothing a detector takes)
+GLUE = b"\x03\x00" + GLUE_ID
+GLUE_ZLIB = b"\x03\x05" + GLUE_ID
+GLUE_JSON = b'{"card": {"number": "4111 1111 1111 1111"}, "email": "bob@example.com", "note": "plain"}'
+
+
+def test_glue_framed_binary_payload_keeps_header_and_lengths():
+    """AWS Glue framing (version 3, compression 0, schema version id): kept, and the payload masked like a
+    Confluent-framed one, each replacement fitted to the matched length."""
+    data = GLUE + b"\x02\x20" + b"4111111111111111" + b"\x10bob@example.com"
+    out = masked([detector("card"), detector("email", strategy="hash")], data)
+    assert out[:18] == GLUE and out[18:20] == b"\x02\x20" and len(out) == len(data)
+    assert b"4111111111111111" not in out and b"bob@example.com" not in out
+
+
+def test_glue_framed_payload_under_a_path_rule_is_masked_whole():
+    assert Masker([path("card.number")], KEY).apply(GLUE + GLUE_JSON) == (GLUE + b"****", {"card.number": 1})
+
+
+def test_a_field_that_only_looks_glue_framed_hides_nothing_from_detectors():
+    """Detectors scan the 16 bytes where Glue's schema version id would be: a field that starts like Glue
+    framing by chance must not carry a card or an email there unmasked."""
+    for secret in (b"4111111111111111", b"bob@example.com"):
+        data = b"\x03\x00" + secret + b" " * (16 - len(secret)) + b" tail"
+        out = masked([detector("card"), detector("email")], data)
+        assert secret not in out and out[:2] == b"\x03\x00" and len(out) == len(data), out
+
+
+def test_glue_zlib_payload_is_inflated_masked_and_sent_uncompressed():
+    """A zlib-compressed Glue payload hides its secrets from any scan of the bytes as they are: it is inflated,
+    masked, and sent with compression byte 0 (Glue's deserializers read the byte per record)."""
+    data = GLUE_ZLIB + zlib.compress(GLUE_JSON)
+    assert b"4111" not in data and b"bob@" not in data     # invisible as it comes
+    out, counts = Masker([detector("card", strategy="partial", keep_last=4), detector("email")], KEY).apply(data)
+    # As in any framed payload, each replacement is fitted to the matched length (the redaction padded).
+    assert out == GLUE + GLUE_JSON.replace(b"4111 1111 1111 1111", b"***************1111").replace(
+        b"bob@example.com", b"*" * 15)
+    assert counts == {"card": 1, "email": 1}
+    # A path rule masks the inflated payload whole, as for any framed payload.
+    assert Masker([path("card.number")], KEY).apply(data) == (GLUE + b"****", {"card.number": 1})
+
+
+def test_glue_zlib_payload_without_secrets_stays_as_it_came():
+    data = GLUE_ZLIB + zlib.compress(b'{"note": "nothing to mask here"}')
+    assert Masker([detector("card"), detector("email")], KEY).apply(data) == (data, {})
+
+
+@pytest.mark.parametrize("case", ["corrupt", "truncated", "bomb"])
+def test_glue_zlib_payload_that_does_not_inflate_is_refused(case):
+    """Masking cannot see into a zlib payload it cannot inflate (or only past the cap): refused, never passed."""
+    stream = zlib.compress(b"0" * (1 << 20) if case == "bomb" else GLUE_JSON)
+    payload = {"corrupt": stream[:2] + bytes(b ^ 0x5A for b in stream[2:]), "truncated": stream[:-6],
+               "bomb": stream}[case]
+    with pytest.raises(UnmaskableField, match="Glue-framed zlib payload"):
+        Masker([detector("card")], KEY).apply(GLUE_ZLIB + payload, max_inflated=1 << 16)
+
+
+def test_a_field_that_starts_like_glue_zlib_without_a_zlib_stream_is_scanned_as_it_is():
+    data = b"\x03\x05" + b"not zlib, card 4111 1111 1111 1111"
+    out = masked([detector("card")], data)
+    assert out == b"\x03\x05" + b"not zlib, card ****"
 
 
 def test_keys_and_headers():

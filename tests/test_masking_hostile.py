@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 
 import pytest
@@ -441,3 +442,29 @@ def test_a_fetch_waiting_at_the_broker_is_decided_again_when_the_policy_changes(
             assert answer["error_code"] == TOPIC_AUTHORIZATION_FAILED and not answer["records"]
     finally:
         gateway.install_policy(masking_policy(masked_prefix, plain_prefix))
+
+
+GLUE_ID = b"G" * 16  # an AWS Glue schema version id
+
+
+def test_a_glue_zlib_value_is_masked_inside_an_uncompressed_batch(engine):
+    """Secrets inside a Glue-framed zlib payload, in a batch that is not compressed at all (nothing the batch
+    codec would inflate): the record comes back masked, framed as uncompressed."""
+    secret = b'{"card": "4111 1111 1111 1111", "contact": "bob@example.com"}'
+    value = b"\x03\x05" + GLUE_ID + zlib.compress(secret)
+    records = apply(engine, batch(record(b"k", value), 1))
+    [(_, _, _, got, _)] = iter_records(records)
+    assert got[:18] == b"\x03\x00" + GLUE_ID and b"4111" not in got and b"bob@example.com" not in got
+    assert b'"contact": "' in got
+
+
+def test_a_glue_zlib_bomb_empties_the_partition(engine, caplog):
+    """One record's Glue payload inflating past the cap (80 MiB of zeros in about 80 KB): the partition is emptied
+    and logged, as for a batch-level bomb; the payload is never delivered unseen."""
+    caplog.set_level(logging.WARNING, logger="streamward.masking")
+    value = b"\x03\x05" + GLUE_ID + zlib.compress(bytes(80 << 20), 1)
+    assert len(value) < 1 << 20
+    records = apply(engine, batch(record(b"k", value), 1), error=CORRUPT_MESSAGE)
+    assert records == b""
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "streamward.masking"]
+    assert f"emptied {MASKED}[0]" in warning and "Glue-framed zlib payload inflates past" in warning, warning
