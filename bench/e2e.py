@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -164,6 +165,7 @@ def main() -> int:
         if idp is not None:
             idp.stop()
         cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)  # several GB of topic data: a run must not leave it behind
 
     def median(side: str, kind: str, key: str = "mb_s") -> float:
         return statistics.median(run[kind][key] for run in runs[side])

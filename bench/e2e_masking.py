@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -126,6 +127,7 @@ def main() -> int:
     finally:
         idp.stop()
         cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)  # about 1 GB of topic data: a run must not leave it behind
     summary = {"records": args.records, "value_bytes": value_size, "rounds": args.rounds, "workers": args.workers,
                "codecs": results, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = REPO / "bench" / "results" / "e2e_masking.json"
