@@ -320,3 +320,62 @@ def test_a_mask_pool_gives_the_same_bytes(engine, version, monkeypatch):
     other = decoded["responses"][2]["partitions"][0]
     for records in (partitions[0]["records"], partitions[3]["records"], other["records"]):
         assert not SCANNER.leaks(records) and len(iter_records(records)) == len(SAMPLES)
+
+
+def several_batches(*parts: bytes) -> bytes:
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("piece_bytes", [0, len(GOOD) + 1])
+def test_a_large_partition_is_masked_in_pieces_of_whole_batches_with_the_same_result(engine, monkeypatch, piece_bytes):
+    """Partitions of several batches go to the pool in pieces of whole batches (each batch its own piece, or
+    two batches a piece): the same response, counts and warnings as masking each partition whole and inline;
+    a bad batch in the middle of one still empties that whole partition; a truncated last batch is still
+    dropped; a partition with nothing to mask still passes as it came."""
+    lz4, zstd = compressed(SAMPLES, "lz4"), compressed(SAMPLES, "zstd")
+    bad = bytearray(GOOD)
+    bad[-1] ^= 0xFF
+    plain = batch(b"", 0)  # an empty batch kept by compaction: nothing to mask in it
+    partitions = [several_batches(GOOD, lz4, GOOD, zstd), several_batches(GOOD, bytes(bad), GOOD),
+                  several_batches(GOOD, lz4, GOOD[:-7]), several_batches(plain, plain, plain)]
+    body = response(12, partitions)
+    frame = codec.encode_response_frame(FETCH, 12, 7, body)
+    inline = masking_for(engine, 12)
+    expected = b"".join(inline.splice(frame))
+    monkeypatch.setattr(masking, "POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(masking, "POOL_PIECE_BYTES", piece_bytes)
+    submitted = []
+    with ThreadPoolExecutor(2) as pool:
+        monkeypatch.setattr(pool, "submit", lambda *args, **kw: submitted.append(args) or
+                            ThreadPoolExecutor.submit(pool, *args, **kw))
+        pooled = masking_for(engine, 12)
+        pooled.cache.pool = pool
+        assert b"".join(pooled.splice(frame)) == expected
+    # More pieces than the five masked partitions holding records (four here, one of the other topic): cut.
+    assert len(submitted) > 5
+    assert pooled.cache.counts == inline.cache.counts and pooled.cache.emptied_total == inline.cache.emptied_total == 1
+    _, decoded = codec.decode_response_frame(FETCH, 12, expected)
+    got = decoded["responses"][0]["partitions"]
+    assert [p["error_code"] for p in got] == [0, CORRUPT_MESSAGE, 0, 0]
+    assert got[3]["records"] == partitions[3]
+    assert len(iter_records(got[0]["records"])) == 4 * len(SAMPLES) and not SCANNER.leaks(got[0]["records"])
+    assert len(iter_records(got[2]["records"])) == 2 * len(SAMPLES) and not SCANNER.leaks(got[2]["records"])
+
+
+def test_pieces_are_cut_only_where_a_whole_batch_ends(monkeypatch):
+    """The cuts follow batch lengths that lead to another whole batch; a length that does not (past the end,
+    or negative) ends the cutting, and the rest, whatever it is, stays one last piece."""
+    monkeypatch.setattr(masking, "POOL_PIECE_BYTES", 1)
+    cut = masking._pieces
+    assert [bytes(p) for p in cut(memoryview(GOOD * 3))] == [GOOD, GOOD, GOOD]
+    hostile = bytearray(GOOD)
+    hostile[8:12] = (10 ** 6).to_bytes(4, "big")
+    assert [bytes(p) for p in cut(memoryview(GOOD + bytes(hostile) + GOOD))] == [GOOD, bytes(hostile) + GOOD]
+    hostile[8:12] = (-5).to_bytes(4, "big", signed=True)
+    assert [bytes(p) for p in cut(memoryview(GOOD + bytes(hostile)))] == [GOOD, bytes(hostile)]
+    assert [bytes(p) for p in cut(memoryview(GOOD + GOOD[:30]))] == [GOOD, GOOD[:30]]
+    monkeypatch.setattr(masking, "POOL_PIECE_BYTES", 2 * len(GOOD))
+    assert [bytes(p) for p in cut(memoryview(GOOD * 5))] == [GOOD * 2, GOOD * 2, GOOD]
+    assert [bytes(p) for p in cut(memoryview(GOOD * 3))] == [GOOD * 2, GOOD]
+    monkeypatch.setattr(masking, "POOL_PIECE_BYTES", 2 * len(GOOD) + 2)   # half a piece is more than one batch
+    assert [bytes(p) for p in cut(memoryview(GOOD * 4))] == [GOOD * 4]
