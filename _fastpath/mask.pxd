@@ -129,7 +129,7 @@ cdef struct MaskCtx:
     Py_ssize_t scan_len
     int scan_kinds
     Buf glue                    # an AWS Glue zlib-compressed field, inflated (and framed as uncompressed)
-    Py_ssize_t max_inflated     # the most bytes one such field may inflate to
+    Py_ssize_t inflate_left     # what such fields may still inflate to, all together (one partition's budget)
 
 
 cdef class Masker:

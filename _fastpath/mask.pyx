@@ -18,7 +18,8 @@ Fields
     header and masks the payload whole; detectors and regexes keep the first two
     bytes and scan the rest, id included (a field that merely starts like Glue
     framing must not hide 16 bytes from them), as binary. A zlib-compressed
-    payload (its zlib header checked) is inflated first, up to a cap, and rules
+    payload (its zlib header checked) is inflated first, all such payloads of
+    one call together up to a cap (mask_records: max_inflated), and rules
     run on it framed as uncompressed; when one changes it, the field goes out
     that way (compression byte 0, which Glue's deserializers read per record),
     else as it came. One that does not inflate within the cap raises
@@ -641,7 +642,8 @@ DEF GLUE_KEPT = 2           # what detectors and regexes leave of it: version an
 DEF GLUE_VERSION = 3
 DEF GLUE_UNCOMPRESSED = 0
 DEF GLUE_ZLIB = 5
-DEF GLUE_MAX_INFLATED = 64 << 20    # the default cap on an inflated Glue payload (mask_records passes its own)
+DEF GLUE_MAX_INFLATED = 64 << 20    # the default cap on what Glue payloads inflate to in one call (mask_records
+                                    # passes its own, the same as for one batch)
 DEF MAX_PATH = 32           # segments in one path; the path scan recurses once per segment
 DEF DEPTH_WORDS = 8         # 64-bit words of open-bracket bits: the nesting (512) the skip scan follows
 DEF MAX_JSON_DEPTH = DEPTH_WORDS * 64
@@ -1826,16 +1828,19 @@ class UnmaskableField(Exception):
 
 cdef int _inflate_glue(MaskCtx* ctx, const unsigned char* s, Py_ssize_t n) except -1:
     """ctx.glue = the Glue zlib field s[0:n] inflated: its header with compression byte 0, then the payload."""
+    # The budget is shared by every field of the call: many fields each just under a per-field cap would
+    # otherwise cost time without bound.
     inflater = zlib.decompressobj()
     try:
         payload = inflater.decompress(PyBytes_FromStringAndSize(<const char*>s + GLUE_HEADER, n - GLUE_HEADER),
-                                      ctx.max_inflated + 1)
+                                      ctx.inflate_left + 1)
     except zlib.error as exc:
         raise UnmaskableField(f"Glue-framed zlib payload is corrupt: {exc}") from None
-    if len(payload) > ctx.max_inflated or inflater.unconsumed_tail:
-        raise UnmaskableField(f"Glue-framed zlib payload inflates past {ctx.max_inflated} bytes")
+    if len(payload) > ctx.inflate_left or inflater.unconsumed_tail:
+        raise UnmaskableField(f"Glue-framed zlib payload inflates past the {ctx.inflate_left} bytes left to inflate")
     if not inflater.eof:
         raise UnmaskableField("Glue-framed zlib payload ends before its zlib stream does")
+    ctx.inflate_left -= len(payload)
     ctx.glue.len = 0
     buf_put(&ctx.glue, s, GLUE_HEADER)
     ctx.glue.data[1] = GLUE_UNCOMPRESSED
@@ -1921,7 +1926,7 @@ cdef int maskctx_init(MaskCtx* ctx, Masker masker) except -1:
     buf_init(&ctx.b, PY_SSIZE_T_MAX)
     buf_init(&ctx.scan, PY_SSIZE_T_MAX)
     buf_init(&ctx.glue, PY_SSIZE_T_MAX)
-    ctx.max_inflated = GLUE_MAX_INFLATED
+    ctx.inflate_left = GLUE_MAX_INFLATED
     ctx.scan_of = NULL
     ctx.scan_len = 0
     ctx.scan_kinds = 0
@@ -2034,7 +2039,7 @@ cdef class Masker:
         cdef MaskCtx ctx
         try:
             maskctx_init(&ctx, self)
-            ctx.max_inflated = max_inflated
+            ctx.inflate_left = max_inflated
             changed = self.mask_field(&ctx, TARGETS[target], <const unsigned char*>PyBytes_AS_STRING(key),
                                       PyBytes_GET_SIZE(key), <const unsigned char*>PyBytes_AS_STRING(field),
                                       PyBytes_GET_SIZE(field))

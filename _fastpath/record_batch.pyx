@@ -463,7 +463,8 @@ cdef int _seal(Buf* out, Py_ssize_t batch) except -1:
 def mask_records(records, Masker masker, *, Py_ssize_t max_output, Py_ssize_t max_inflated=DEFAULT_MAX_INFLATED):
     """Mask every complete batch in a Fetch/Produce ``records`` field; see the module docstring.
 
-    ``max_output`` caps the returned data; ``max_inflated`` caps one decompressed batch.
+    ``max_output`` caps the returned data; ``max_inflated`` caps one decompressed batch, and what the
+    Glue-framed zlib values of all the records inflate to, together.
     Raises UnmaskableRecords when the records cannot be masked, whatever the reason.
     """
     cdef Py_buffer view
@@ -482,7 +483,7 @@ def mask_records(records, Masker masker, *, Py_ssize_t max_output, Py_ssize_t ma
     buf_init(&records_out, PY_SSIZE_T_MAX)
     try:
         maskctx_init(&ctx, masker)
-        ctx.max_inflated = max_inflated
+        ctx.inflate_left = max_inflated    # also what Glue-framed zlib fields may inflate to, together
         src = <const unsigned char*>view.buf
         cursor_init(&c, src, 0, view.len, UnmaskableRecords)
         rb.src = src

@@ -31,7 +31,8 @@ import pytest
 from kafka.admin import NewTopic
 from kafka.record.legacy_records import LegacyRecordBatchBuilder
 
-from _fastpath.record_batch import iter_records
+from _fastpath.mask import Masker
+from _fastpath.record_batch import UnmaskableRecords, iter_records, mask_records
 from gateway.dev.process import ALLOW_ALL, REPO
 from gateway.handlers.masking import MaskerCache, fetch_masking
 from gateway.policy.engine import Engine
@@ -468,3 +469,15 @@ def test_a_glue_zlib_bomb_empties_the_partition(engine, caplog):
     assert records == b""
     [warning] = [r.getMessage() for r in caplog.records if r.name == "streamward.masking"]
     assert f"emptied {MASKED}[0]" in warning and "Glue-framed zlib payload inflates past" in warning, warning
+
+
+def test_glue_zlib_values_share_one_inflate_budget():
+    """Many Glue zlib values, each well under the cap, must not together cost unbounded time: what all the
+    values of one partition inflate to counts against one budget (mask_records' max_inflated)."""
+    masker = Masker([{"name": "cards", "target": "value", "kind": "detector", "detector": "card",
+                      "strategy": "redact"}], b"k" * 32)
+    value = b"\x03\x05" + GLUE_ID + zlib.compress(b'{"card": "4111 1111 1111 1111"}' + b" " * 40_000)
+    records = batch(b"".join(record(b"k", value, offset_delta=i) for i in range(5)), 5)
+    assert mask_records(records, masker, max_output=1 << 24, max_inflated=250_000).changed   # 5 x 40 KB: fits
+    with pytest.raises(UnmaskableRecords, match="inflates past"):
+        mask_records(records, masker, max_output=1 << 24, max_inflated=150_000)
