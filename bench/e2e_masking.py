@@ -4,8 +4,8 @@ One single-node cluster; records of ~1 KiB JSON, each with a card number and an 
 masks for the benchmark's identity, produced once per codec (none, lz4) straight to the broker. Then
 Kafka's ConsumerPerformance reads each topic directly (admin, no masking), through the gateway with
 masking off (the same policy without its masking line: what proxying alone costs) and through the
-gateway with masking on (OAUTHBEARER), alternating, for several rounds. Writes
-bench/results/e2e_masking.json.
+gateway with masking on (OAUTHBEARER), for several rounds, every other one in reverse order (the machine's
+speed drifts within a run). Writes bench/results/e2e_masking.json.
 
     python bench/e2e_masking.py [--records N] [--rounds R] [--workers W]
 """
@@ -101,15 +101,21 @@ def main() -> int:
             produce_payloads(lib, cluster, direct_config, topic, args.records, payloads, codec)
             direct, plain, through, cpu = [], [], [], []
             for round_index in range(args.rounds):
-                direct.append(consume(lib, cluster.bootstrap, topic, args.records, direct_config, [])["mb_s"])
-                gateway.install_policy(UNMASKED_POLICY)
-                plain.append(consume(lib, gateway.bootstrap, topic, args.records, gateway_config, gateway_jvm)["mb_s"])
-                gateway.install_policy(POLICY)
-                before = cpu_seconds(gateway.proc.pid)
-                through.append(consume(lib, gateway.bootstrap, topic, args.records, gateway_config,
-                                       gateway_jvm)["mb_s"])
-                gigabytes = args.records * value_size / 1e9
-                cpu.append((cpu_seconds(gateway.proc.pid) - before) / gigabytes)
+                # Every other round in reverse order: this machine's speed drifts within a run, and a fixed
+                # order would hand the drift to whichever side always comes last.
+                for side in ("direct", "plain", "masked")[::1 if round_index % 2 == 0 else -1]:
+                    if side == "direct":
+                        direct.append(consume(lib, cluster.bootstrap, topic, args.records, direct_config, [])["mb_s"])
+                    elif side == "plain":
+                        gateway.install_policy(UNMASKED_POLICY)
+                        plain.append(consume(lib, gateway.bootstrap, topic, args.records, gateway_config,
+                                             gateway_jvm)["mb_s"])
+                    else:
+                        gateway.install_policy(POLICY)
+                        before = cpu_seconds(gateway.proc.pid)
+                        through.append(consume(lib, gateway.bootstrap, topic, args.records, gateway_config,
+                                               gateway_jvm)["mb_s"])
+                        cpu.append((cpu_seconds(gateway.proc.pid) - before) / (args.records * value_size / 1e9))
                 print(f"{codec:5s} round {round_index}: direct {direct[-1]:7.1f} MB/s, through the gateway "
                       f"{plain[-1]:7.1f} MB/s without masking, {through[-1]:7.1f} MB/s with", flush=True)
             time.sleep(1.5)  # workers publish their counters about once a second
