@@ -552,6 +552,35 @@ def mask_records(records, Masker masker, *, Py_ssize_t max_output, Py_ssize_t ma
         PyBuffer_Release(&view)
 
 
+def batch_cuts(records, Py_ssize_t piece_bytes):
+    """Where to cut ``records`` into pieces of whole batches of at least ``piece_bytes`` each, the last one at
+    least half that (and never empty): the offsets of the cuts, in order. Masking each piece on its own gives,
+    joined, what masking the whole gives, as every batch is masked and sealed on its own. Only lengths that lead
+    to another whole batch are followed; anything else (a truncated last batch, a hostile length) is left in the
+    last piece, for mask_records to judge as it would in the whole. In C: a partition of many small batches
+    costs nanoseconds per batch."""
+    cdef Py_buffer view
+    cdef Py_ssize_t at = 0, start = 0, end, length, last = max(piece_bytes // 2, 1)
+    cdef const unsigned char* p
+    cuts = []
+    PyObject_GetBuffer(records, &view, PyBUF_SIMPLE)
+    try:
+        p = <const unsigned char*>view.buf
+        end = view.len
+        while end - at >= LOG_OVERHEAD:
+            length = <int>((<unsigned int>p[at + BATCH_LENGTH] << 24) | (<unsigned int>p[at + BATCH_LENGTH + 1] << 16)
+                           | (<unsigned int>p[at + BATCH_LENGTH + 2] << 8) | p[at + BATCH_LENGTH + 3])
+            if length < 0 or length > end - at - LOG_OVERHEAD:
+                break
+            at += LOG_OVERHEAD + length
+            if at - start >= piece_bytes and end - at >= last:
+                cuts.append(at)
+                start = at
+        return cuts
+    finally:
+        PyBuffer_Release(&view)
+
+
 def iter_records(records, *, Py_ssize_t max_inflated=DEFAULT_MAX_INFLATED):
     """Every record of every complete batch as (offset, timestamp, key, value, headers); for tests and debugging.
 

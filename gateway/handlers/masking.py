@@ -10,6 +10,7 @@ without masking rules are not touched.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import struct
 import time
@@ -20,7 +21,7 @@ from typing import Any
 
 from _fastpath import WalkError
 from _fastpath.mask import Masker
-from _fastpath.record_batch import UnmaskableRecords, mask_records
+from _fastpath.record_batch import UnmaskableRecords, batch_cuts, mask_records
 from gateway.policy.engine import Engine, PrincipalView
 from gateway.policy.model import MaskingRule
 from gateway.protocol.apis import FETCH, SHARE_FETCH
@@ -132,8 +133,6 @@ POOL_MIN_BYTES = 64 * 1024  # smaller records are masked on the event loop's thr
 # masked side by side: a large partition is not left to one thread while the others idle. Smaller pieces cost more
 # in hand-offs than they gain (measured end to end on 2 cores with 256 KiB pieces: 15 % more CPU per GB).
 POOL_PIECE_BYTES = 1024 * 1024
-_BATCH_LENGTH_AT = 8  # a batch (and a legacy message) starts with an int64 offset, then an int32 length
-_LOG_OVERHEAD = 12
 
 
 class FetchMasking:
@@ -329,24 +328,9 @@ class FetchMasking:
 
 
 def _pieces(records: memoryview) -> list[memoryview]:
-    """records cut at batch boundaries into pieces of at least POOL_PIECE_BYTES (the last one takes the rest, and
-    is cut off only when it has at least half of that).
-    Masking each piece on its own gives, joined, what masking the whole gives: every batch is masked and sealed
-    on its own. Only lengths that lead to another whole batch are followed; anything else (a truncated last
-    batch, a hostile length) stays in the last piece, for mask_records to judge as it would in the whole."""
-    pieces: list[memoryview] = []
-    start = at = 0
-    end = len(records)
-    while end - at >= _LOG_OVERHEAD:
-        length = _INT32.unpack_from(records, at + _BATCH_LENGTH_AT)[0]
-        if length < 0 or at + _LOG_OVERHEAD + length > end:
-            break
-        at += _LOG_OVERHEAD + length
-        if at - start >= POOL_PIECE_BYTES and end - at >= max(POOL_PIECE_BYTES // 2, 1):
-            pieces.append(records[start:at])
-            start = at
-    pieces.append(records[start:])
-    return pieces
+    """records cut into pieces of whole batches (batch_cuts) of at least POOL_PIECE_BYTES."""
+    bounds = [0, *batch_cuts(records, POOL_PIECE_BYTES), len(records)]
+    return [records[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 class _Joined:
