@@ -8,6 +8,7 @@ import json
 import re
 import time
 import uuid
+import zlib
 
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -168,3 +169,50 @@ def test_unmasked_topics_are_the_brokers_bytes(gateway, idp, kafka_cluster, make
     consumer.close()
     assert len(received) == N
     assert all(CARD.encode() in m.value() for m in received)
+
+
+GLUE_ID = bytes(range(0x41, 0x51))  # an AWS Glue schema version id
+
+
+def glue_value(i: int) -> bytes:
+    """AWS Glue framing: version 3, compression (0, or 5: zlib), the schema version id, the payload: every other
+    record a binary payload with the card and email between spaces, every other one JSON compressed with zlib,
+    where no scan of the bytes as stored can see them."""
+    if i % 2:
+        return b"\x03\x00" + GLUE_ID + f"\x02\x40 {CARD} \x10 {EMAIL} \x08order-{i}".encode()
+    return b"\x03\x05" + GLUE_ID + zlib.compress(json.dumps({"order": i, "card": CARD, "email": EMAIL}).encode())
+
+
+def test_glue_framed_values_reach_a_real_consumer_masked(gateway, idp, kafka_cluster, make_topic, masked_prefix):
+    """Glue-framed values through librdkafka (CRCs checked): the framing is kept, a binary payload keeps its
+    length (each match fitted to its own), and a zlib payload arrives inflated and masked, framed as
+    uncompressed (compression byte 0), with the rest of the document as produced."""
+    topic = make_topic(f"{masked_prefix}glue", partitions=1)
+    producer = Producer({"bootstrap.servers": kafka_cluster.bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                         "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "admin",
+                         "sasl.password": kafka_cluster.passwords["admin"], "compression.type": "lz4"})
+    for i in range(N):
+        producer.produce(topic, key=f"k-{i}".encode(), value=glue_value(i))
+    assert producer.flush(30) == 0
+    consumer = Consumer({"bootstrap.servers": gateway.bootstrap, "group.id": f"g-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "check.crcs": True,
+                         **librdkafka_settings(idp.token_endpoint, "analyst")})
+    consumer.subscribe([topic])
+    received = []
+    deadline = time.monotonic() + 60
+    while len(received) < N and time.monotonic() < deadline:
+        for message in consumer.consume(500, timeout=0.5):
+            assert message.error() is None, message.error()
+            received.append(message)
+    consumer.close()
+    assert len(received) == N
+    for message in received:
+        i, value = int(message.key()[2:]), message.value()
+        assert value[:18] == b"\x03\x00" + GLUE_ID
+        assert CARD.encode() not in value and EMAIL.encode() not in value
+        if i % 2:
+            assert len(value) == len(glue_value(i)) and value.endswith(f"\x08order-{i}".encode())
+        else:
+            document = json.loads(value[18:])
+            assert document["order"] == i and re.fullmatch(r"\*+1111", document["card"]), document
+            assert document["email"] == "[email]" + "*" * (len(EMAIL) - len("[email]")), document
