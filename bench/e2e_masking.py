@@ -7,7 +7,11 @@ masking off (the same policy without its masking line: what proxying alone costs
 gateway with masking on (OAUTHBEARER), for several rounds, every other one in reverse order (the machine's
 speed drifts within a run). Writes bench/results/e2e_masking.json.
 
-    python bench/e2e_masking.py [--records N] [--rounds R] [--workers W]
+    python bench/e2e_masking.py [--records N] [--rounds R] [--workers W] [--client java|librdkafka]
+
+--client librdkafka reads with confluent-kafka instead of ConsumerPerformance: librdkafka keeps fetching in the
+background while the application consumes, so it shows what the gateway itself sustains rather than the Java
+consumer's fetch-then-drain cycle. Its results go to bench/results/e2e_masking_librdkafka.json.
 """
 
 from __future__ import annotations
@@ -74,11 +78,38 @@ def produce_payloads(lib: Path, cluster: KafkaCluster, config: Path, topic: str,
         raise RuntimeError(result.stderr.decode()[-2000:])
 
 
+def consume_librdkafka(bootstrap: str, topic: str, records: int, settings: dict) -> dict:
+    """Read the topic from the start with confluent-kafka; MB/s of record values from the first record to the
+    last, as ConsumerPerformance's fetch rate leaves out joining the group."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{time.monotonic_ns()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False, **settings})
+    consumer.subscribe([topic])
+    count, size, started = 0, 0, None
+    deadline = time.monotonic() + 600
+    try:
+        while count < records:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"read {count} of {records} records in 600 s")
+            for message in consumer.consume(10_000, timeout=0.5):
+                if message.error() is not None:
+                    raise RuntimeError(str(message.error()))
+                started = started or time.monotonic()
+                count += 1
+                size += len(message.value())
+        took = time.monotonic() - started
+    finally:
+        consumer.close()
+    return {"mb_s": size / took / 1e6, "mb": size / 1e6}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=400_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--client", choices=("java", "librdkafka"), default="java")
     args = parser.parse_args()
 
     lib = ensure_jars()
@@ -93,6 +124,20 @@ def main() -> int:
     results: dict[str, dict] = {}
     gateway = GatewayProcess(work / "gw", cluster, workers=args.workers, port_base=31192, admin_port=31200,
                              overrides=overrides, policy=POLICY)
+    direct_settings = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "SCRAM-SHA-512",
+                       "sasl.username": "admin", "sasl.password": cluster.passwords["admin"]}
+    gateway_settings = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "OAUTHBEARER",
+                        "sasl.oauthbearer.method": "oidc", "sasl.oauthbearer.client.id": "bench",
+                        "sasl.oauthbearer.client.secret": "bench-secret",
+                        "sasl.oauthbearer.token.endpoint.url": idp.token_endpoint}
+
+    def read(through_gateway: bool, topic: str) -> float:
+        if args.client == "librdkafka":
+            return consume_librdkafka(gateway.bootstrap if through_gateway else cluster.bootstrap, topic, args.records,
+                                      gateway_settings if through_gateway else direct_settings)["mb_s"]
+        if through_gateway:
+            return consume(lib, gateway.bootstrap, topic, args.records, gateway_config, gateway_jvm)["mb_s"]
+        return consume(lib, cluster.bootstrap, topic, args.records, direct_config, [])["mb_s"]
     try:
         gateway.start()
         for codec in ("none", "lz4"):
@@ -105,16 +150,14 @@ def main() -> int:
                 # order would hand the drift to whichever side always comes last.
                 for side in ("direct", "plain", "masked")[::1 if round_index % 2 == 0 else -1]:
                     if side == "direct":
-                        direct.append(consume(lib, cluster.bootstrap, topic, args.records, direct_config, [])["mb_s"])
+                        direct.append(read(False, topic))
                     elif side == "plain":
                         gateway.install_policy(UNMASKED_POLICY)
-                        plain.append(consume(lib, gateway.bootstrap, topic, args.records, gateway_config,
-                                             gateway_jvm)["mb_s"])
+                        plain.append(read(True, topic))
                     else:
                         gateway.install_policy(POLICY)
                         before = cpu_seconds(gateway.proc.pid)
-                        through.append(consume(lib, gateway.bootstrap, topic, args.records, gateway_config,
-                                               gateway_jvm)["mb_s"])
+                        through.append(read(True, topic))
                         cpu.append((cpu_seconds(gateway.proc.pid) - before) / (args.records * value_size / 1e9))
                 print(f"{codec:5s} round {round_index}: direct {direct[-1]:7.1f} MB/s, through the gateway "
                       f"{plain[-1]:7.1f} MB/s without masking, {through[-1]:7.1f} MB/s with", flush=True)
@@ -135,8 +178,9 @@ def main() -> int:
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)  # about 1 GB of topic data: a run must not leave it behind
     summary = {"records": args.records, "value_bytes": value_size, "rounds": args.rounds, "workers": args.workers,
-               "codecs": results, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    out = REPO / "bench" / "results" / "e2e_masking.json"
+               "client": args.client, "codecs": results,
+               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = REPO / "bench" / "results" / ("e2e_masking.json" if args.client == "java" else "e2e_masking_librdkafka.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
     print(f"\n{'codec':6s}{'direct MB/s':>14s}{'unmasked MB/s':>15s}{'ratio':>8s}{'masked MB/s':>14s}{'ratio':>8s}"
