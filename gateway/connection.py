@@ -68,6 +68,7 @@ log = logging.getLogger("streamward.connection")
 AUTHENTICATING, CONNECTING, READY, DRAINING, CLOSED = range(5)
 
 _INT32 = struct.Struct(">i")
+_RECORD_READS = (FETCH, SHARE_FETCH)  # the APIs whose answers carry records, checked again on delivery
 _NODE_ENDPOINTS_TAG = 0  # ProduceResponse v10+ and FetchResponse v16+ top-level tagged field
 
 # api_key -> (first version that needs it, rewrite(body, version, ctx) -> changed?)
@@ -303,7 +304,8 @@ class ClientConnection(asyncio.Protocol):
                     continue
                 body = codec.decode_request(api_key, version, frame, codec.parse_request_header(frame)[4])
                 expects_response = _expects_response(api_key, version, body)
-                view = self.views.view() if self.views is not None else None    # what the request is decided by
+                # The view a Fetch or ShareFetch is decided by, asked again when its answer comes back.
+                view = self.views.view() if self.views is not None and api_key in _RECORD_READS else None
                 outcome = self._authorize(api_key, version, body)
                 if outcome is _UNKNOWN_TOPIC_IDS:
                     # Another worker's client learned these ids; ask the brokers once, then decide.
