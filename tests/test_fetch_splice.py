@@ -322,10 +322,6 @@ def test_a_mask_pool_gives_the_same_bytes(engine, version, monkeypatch):
         assert not SCANNER.leaks(records) and len(iter_records(records)) == len(SAMPLES)
 
 
-def several_batches(*parts: bytes) -> bytes:
-    return b"".join(parts)
-
-
 @pytest.mark.parametrize("piece_bytes", [0, len(GOOD) + 1])
 def test_a_large_partition_is_masked_in_pieces_of_whole_batches_with_the_same_result(engine, monkeypatch, piece_bytes):
     """Partitions of several batches go to the pool in pieces of whole batches (each batch its own piece, or
@@ -336,8 +332,7 @@ def test_a_large_partition_is_masked_in_pieces_of_whole_batches_with_the_same_re
     bad = bytearray(GOOD)
     bad[-1] ^= 0xFF
     plain = batch(b"", 0)  # an empty batch kept by compaction: nothing to mask in it
-    partitions = [several_batches(GOOD, lz4, GOOD, zstd), several_batches(GOOD, bytes(bad), GOOD),
-                  several_batches(GOOD, lz4, GOOD[:-7]), several_batches(plain, plain, plain)]
+    partitions = [GOOD + lz4 + GOOD + zstd, GOOD + bytes(bad) + GOOD, GOOD + lz4 + GOOD[:-7], plain * 3]
     body = response(12, partitions)
     frame = codec.encode_response_frame(FETCH, 12, 7, body)
     inline = masking_for(engine, 12)
