@@ -435,6 +435,16 @@ def admin_client_config(kafka_cluster, **extra) -> dict:
             "sasl.password": kafka_cluster.passwords["admin"], **extra}
 
 
+def from_the_beginning(kafka_cluster, group: str) -> None:
+    """Share groups start at the latest offset: this one starts at the earliest (as the admin, on the broker)."""
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
+
+    client = AdminClient(admin_client_config(kafka_cluster))
+    resource = ConfigResource(ConfigResource.Type.GROUP, group, incremental_configs=[
+        ConfigEntry("share.auto.offset.reset", "earliest", incremental_operation=AlterConfigOpType.SET)])
+    for future in client.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
 # --- what a client received ----------------------------------------------------------------------------------------
 
 @dataclass

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import subprocess
 import sys
 import time
@@ -38,7 +39,7 @@ from gateway.handlers.masking import MaskerCache, fetch_masking
 from gateway.policy.engine import Engine
 from gateway.policy.loader import load_policies
 from gateway.protocol import codec
-from gateway.protocol.apis import FETCH, PRODUCE
+from gateway.protocol.apis import FETCH, FIND_COORDINATOR, METADATA, PRODUCE, SHARE_FETCH, SHARE_GROUP_HEARTBEAT
 from gateway.protocol.errors import CORRUPT_MESSAGE, TOPIC_AUTHORIZATION_FAILED
 from tests.masking_data import (
     CODECS,
@@ -51,6 +52,7 @@ from tests.masking_data import (
     consume_confluent,
     direct_wire,
     fetch_body,
+    from_the_beginning,
     make_sample,
     make_samples,
     masking_policy,
@@ -63,6 +65,7 @@ from tests.masking_data import (
     zeros_bomb,
 )
 from tests.oauth import librdkafka_settings
+from tests.waiting import wait_until
 
 MASKED, PLAIN_TOPIC = "masked-orders", "plain-orders"
 TOPIC_IDS = {MASKED: b"M" * 16, PLAIN_TOPIC: b"P" * 16}
@@ -441,6 +444,75 @@ def test_a_fetch_waiting_at_the_broker_is_decided_again_when_the_policy_changes(
             assert not LeakScanner(samples).leaks(bytes(again.received))
         else:
             assert answer["error_code"] == TOPIC_AUTHORIZATION_FAILED and not answer["records"]
+    finally:
+        gateway.install_policy(masking_policy(masked_prefix, plain_prefix))
+
+
+def test_a_share_fetch_waiting_at_the_broker_is_decided_again_when_the_policy_changes(gateway, kafka_cluster, admin,
+                                                                                       connect, prefixes, first_node):
+    """The ShareFetch form of the test above: a share group member's ShareFetch of a topic the analyst reads as it
+    is waits at the broker; the policy starts to mask that topic, and records with secrets arrive, which answer
+    it. The answer was decided under the old policy, so the gateway closes the connection and says why, and no
+    secret reaches the client."""
+    masked_prefix, plain_prefix = prefixes
+    topic, group, member = f"inflight-share-{uuid.uuid4().hex[:6]}", f"share-{uuid.uuid4().hex[:6]}", str(uuid.uuid4())
+    create_on(admin, first_node, topic)
+    # From the earliest offset: records produced before the share partition first loads are delivered too.
+    from_the_beginning(kafka_cluster, group)
+    gateway.install_policy(masking_policy(masked_prefix, topic))
+    try:
+        wire = connect(f"127.0.0.1:{gateway.port_base + first_node}", subject="analyst")
+        [described] = wire.request(METADATA, 12, {"topics": [{"topic_id": bytes(16), "name": topic}],
+                                                  "allow_auto_topic_creation": False,
+                                                  "include_topic_authorized_operations": False})["topics"]
+        assert described["error_code"] == 0, described
+
+        def joined() -> bool:
+            """Whether the analyst is a member of the share group (on a fresh cluster, its coordinator comes up
+            first: until then FindCoordinator or the heartbeat answer a retriable error)."""
+            [found] = wire.request(FIND_COORDINATOR, 6, {"key_type": 0, "coordinator_keys": [group]})["coordinators"]
+            answers.append(found)
+            if found["error_code"] != 0:
+                return False
+            member_wire = connect(f"{found['host']}:{found['port']}", subject="analyst")
+            answers.append(member_wire.request(SHARE_GROUP_HEARTBEAT, 1, {
+                "group_id": group, "member_id": member, "member_epoch": 0, "rack_id": None,
+                "subscribed_topic_names": [topic]}))
+            return answers[-1]["error_code"] == 0
+
+        answers: list[dict] = []
+        assert wait_until(joined, timeout=30, interval=0.5), answers[-1]
+
+        def share_fetch(epoch: int, max_wait_ms: int) -> dict:
+            return {"group_id": group, "member_id": member, "share_session_epoch": epoch, "max_wait_ms": max_wait_ms,
+                    "min_bytes": 1, "max_bytes": 1 << 20, "max_records": 500, "batch_size": 500,
+                    "topics": [{"topic_id": described["topic_id"],
+                                "partitions": [{"partition_index": 0, "acknowledgement_batches": []}]}],
+                    "forgotten_topics_data": []}
+
+        def warmed_up() -> bool:
+            """Whether a short ShareFetch has delivered the warm-up record: the share partition is loaded (the first
+            share group of a fresh cluster waits for the broker's share state, and a long poll sent before that
+            could wait past any timeout here) and the share session open."""
+            answer = wire.request(SHARE_FETCH, 1, share_fetch(len(answers), 100))
+            answers.append(answer)
+            return answer["error_code"] == 0 and any(
+                partition["acquired_records"] for topic in answer["responses"] for partition in topic["partitions"])
+
+        produce_samples(kafka_cluster, "none", make_samples(topic, 900, [(PLAIN, 1)], partitions=1))
+        answers.clear()
+        assert wait_until(warmed_up, timeout=30, interval=0.5), answers[-1]
+        long_poll = share_fetch(len(answers), 20_000)   # the session's next epoch
+        wire.send_raw(codec.encode_request_frame(SHARE_FETCH, 1, 99, "inflight-test", long_poll))
+        time.sleep(1.5)     # the ShareFetch is at the broker, waiting for records
+        # Still waiting: nothing has come back yet (an early answer, an error say, would make this test vacuous).
+        assert select.select([wire.sock], [], [], 0)[0] == [], "the ShareFetch was answered before any record came"
+        gateway.install_policy(masking_policy(topic, plain_prefix))
+        samples = make_samples(topic, 0, [(PLAIN, 20)], partitions=1)
+        produce_samples(kafka_cluster, "none", samples)
+        assert wire.closed_by_peer(timeout=15)
+        assert not LeakScanner(samples).leaks(bytes(wire.received))
+        assert f"the policy changed for topic {topic} while a fetch of it waited at the broker" in gateway.log_text()
     finally:
         gateway.install_policy(masking_policy(masked_prefix, plain_prefix))
 

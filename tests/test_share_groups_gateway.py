@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from gateway.dev.kafka import java_tool
 from gateway.dev.process import ALLOW_ALL
@@ -26,8 +25,8 @@ from tests.masking_data import (
     PLAIN,
     LeakScanner,
     Sample,
-    admin_client_config,
     check_masked,
+    from_the_beginning,
     make_samples,
     masking_policy,
     produce_samples,
@@ -91,15 +90,6 @@ def topics(gateway, kafka_cluster, admin) -> Iterator[Topics]:
     gateway.install_policy(share_policy(masked, plain, approver_groups))
     yield Topics(names["masked"], names["plain"], (masked, plain, approver_groups), samples)
     gateway.install_policy(ALLOW_ALL)
-
-
-def from_the_beginning(kafka_cluster, group: str) -> None:
-    """Share groups start at the latest offset: this one starts at the earliest (as the admin, on the broker)."""
-    client = AdminClient(admin_client_config(kafka_cluster))
-    resource = ConfigResource(ConfigResource.Type.GROUP, group, incremental_configs=[
-        ConfigEntry("share.auto.offset.reset", "earliest", incremental_operation=AlterConfigOpType.SET)])
-    for future in client.incremental_alter_configs([resource]).values():
-        future.result(timeout=30)
 
 
 def share_consumer_args(gateway, idp, workdir, client: str, topic: str, group: str, *extra: str) -> tuple[list, list]:
