@@ -51,10 +51,10 @@ masking:
 UNMASKED_POLICY = POLICY.replace("    masking: [cards, emails]\n", "")
 
 
-def payload_file(path: Path, count: int = 2000) -> int:
+def payload_values(count: int = 2000) -> list[bytes]:
     """JSON values of about 1 KiB, each with one card number and one email among ordinary fields."""
     rng = random.Random(7)
-    lines = []
+    values = []
     for i in range(count):
         value = {"order": f"order-{i}", "amount": rng.randint(1, 10_000), "currency": "EUR",
                  "card": {"number": "4111 1111 1111 1111", "expiry": "12/29"},
@@ -62,9 +62,15 @@ def payload_file(path: Path, count: int = 2000) -> int:
                               "segment": rng.choice(["retail", "business"])},
                  "items": [{"sku": f"sku-{rng.randint(1, 9999)}", "qty": rng.randint(1, 5),
                             "note": "x" * rng.randint(40, 80)} for _ in range(8)]}
-        lines.append(json.dumps(value, separators=(",", ":")))
-    path.write_text("\n".join(lines))
-    return sum(len(line) for line in lines) // len(lines)
+        values.append(json.dumps(value, separators=(",", ":")).encode())
+    return values
+
+
+def payload_file(path: Path, count: int = 2000) -> int:
+    """payload_values, one per line, for ProducerPerformance; their average size."""
+    values = payload_values(count)
+    path.write_bytes(b"\n".join(values))
+    return sum(len(value) for value in values) // len(values)
 
 
 def produce_payloads(lib: Path, cluster: KafkaCluster, config: Path, topic: str, records: int, payloads: Path,
