@@ -17,7 +17,9 @@ Fields
     (0 none, 5 zlib) and the 16-byte schema version id. A path rule keeps the
     header and masks the payload whole; detectors and regexes keep the first two
     bytes and scan the rest, id included (a field that merely starts like Glue
-    framing must not hide 16 bytes from them), as binary. A zlib-compressed
+    framing must not hide 16 bytes from them): the id as binary, and the payload
+    as JSON when it is JSON (Glue's JSON format; its readers decode escapes),
+    else as binary. A zlib-compressed
     payload (its zlib header checked) is inflated first, all such payloads of
     one call together up to a cap (mask_records: max_inflated), and rules
     run on it framed as uncompressed; when one changes it, the field goes out
@@ -1790,7 +1792,7 @@ cdef int _orjson_route(Rule rule, const unsigned char* s, Py_ssize_t n, Emit* em
             return ST_INVALID   # nested deeper than orjson writes: handled as not JSON, which fails closed
         buf_put(em.dst, PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded))
         em.done = n
-        em.count = count[0]
+        em.count += count[0]
     return ST_OK
 
 
@@ -1856,14 +1858,70 @@ cdef int _apply_rule(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t
     if rule.kind == KIND_REGEX:
         with gil:
             return _apply_regex_rule(rule, ctx, s, n, dst, kinds)
+    if _glue_json(s, n, rule.kind):
+        return _apply_glue_json(rule, ctx, s, n, dst, kinds, NULL, NULL)
     return _apply(rule, ctx, s, n, dst, kinds, NULL)
 
 
 cdef int _apply_regex_rule(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, Buf* dst,
                            int kinds) except -1:
-    cdef Py_ssize_t head = _frame_head(s, n, rule.kind)
+    cdef Py_ssize_t head
+    if _glue_json(s, n, rule.kind):
+        text = PyBytes_FromStringAndSize(<const char*>s + GLUE_HEADER, n - GLUE_HEADER)
+        id_text = PyBytes_FromStringAndSize(<const char*>s + GLUE_KEPT, GLUE_HEADER - GLUE_KEPT)
+        return _apply_glue_json(rule, ctx, s, n, dst, kinds, <PyObject*>text, <PyObject*>id_text)
+    head = _frame_head(s, n, rule.kind)
     text = PyBytes_FromStringAndSize(<const char*>s + head, n - head)
     return _apply(rule, ctx, s, n, dst, kinds, <PyObject*>text)
+
+
+cdef inline bint _glue_json(const unsigned char* s, Py_ssize_t n, int kind) noexcept nogil:
+    """Whether a detector or regex meets a Glue-framed (uncompressed) field whose payload is JSON."""
+    return (kind != KIND_PATH and n > GLUE_HEADER and s[0] == GLUE_VERSION and s[1] == GLUE_UNCOMPRESSED
+            and _looks_json(s + GLUE_HEADER, n - GLUE_HEADER))
+
+
+cdef int _apply_glue_json(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, Buf* dst, int kinds,
+                          PyObject* text, PyObject* id_text) except -1 nogil:
+    """_apply for a Glue-framed field whose payload is JSON (Glue's JSON data format): the schema version id's 16
+    bytes are scanned as binary, as in any Glue field (one that only looks framed hides nothing there), and the
+    payload as JSON, as a Confluent-framed JSON payload is: a JSON reader decodes \\u escapes, so the payload's
+    strings must be read decoded too (the orjson route). A match cannot straddle the two: the payload starts with
+    a bracket, which no detector takes. text, id_text: the payload and the id as bytes, for a regex rule."""
+    cdef Emit em
+    cdef Candidates candidates
+    cdef const Candidates* cand = NULL
+    cdef const unsigned char* payload = s + GLUE_HEADER
+    cdef Py_ssize_t size = n - GLUE_HEADER, mark, id_count
+    cdef int st
+    em.dst = dst
+    _reset(&em, dst, s, GLUE_KEPT)
+    em.src = s + GLUE_KEPT
+    if rule.kind == KIND_DETECTOR and kinds:
+        _scan(ctx, em.src, GLUE_HEADER - GLUE_KEPT, kinds, &candidates)
+        cand = &candidates
+    _detect_raw(rule, em.src, GLUE_HEADER - GLUE_KEPT, id_text, cand, &em, MODE_FIT)
+    _emit_upto(&em, GLUE_HEADER - GLUE_KEPT)
+    mark = dst.len
+    id_count = em.count
+    em.src = payload
+    em.done = 0
+    if rule.kind == KIND_DETECTOR and kinds:
+        _scan(ctx, payload, size, kinds, &candidates)
+    st = _detect_json(rule, payload, size, text, cand, &em)
+    if st == ST_UNDECIDED:
+        dst.len = mark
+        em.done = 0
+        em.count = id_count
+        with gil:
+            st = _orjson_route(rule, payload, size, &em)
+    if st != ST_OK:
+        # Not JSON after all: binary, like any other Glue payload.
+        dst.len = mark
+        em.done = 0
+        em.count = id_count
+        _detect_raw(rule, payload, size, text, cand, &em, MODE_FIT)
+    return _finish(rule, ctx, &em, size)
 
 
 cdef int _apply(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, Buf* dst, int kinds,

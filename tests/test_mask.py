@@ -339,15 +339,46 @@ def test_a_field_that_only_looks_glue_framed_hides_nothing_from_detectors():
         assert secret not in out and out[:2] == b"\x03\x00" and len(out) == len(data), out
 
 
+def test_glue_json_payload_is_read_as_json_and_its_id_as_binary():
+    """Glue's JSON data format: a JSON reader decodes \\u escapes, so an email spelled with one must be found
+    (the payload's strings are read decoded, as in a Confluent-framed JSON payload), and each match is replaced
+    inside its string. The schema version id is still scanned as binary, replacements fitted to its 16 bytes."""
+    escaped = b'{"email": "bob\\u0040example.com", "card": "4111 1111 1111 1111", "n": 1}'
+    out, counts = Masker([detector("email"), detector("card", strategy="partial", keep_last=4)], KEY).apply(
+        GLUE + escaped)
+    assert out[:18] == GLUE and orjson.loads(out[18:]) == {"email": "****", "card": "***************1111", "n": 1}
+    assert counts == {"email": 1, "card": 1}
+    # A card in the id (a field that only looks framed) and one in the payload: both masked, the id in place.
+    card_id = b"\x03\x00" + b"4111111111111111" + b'{"c": "4111 1111 1111 1111"}'
+    out = masked([detector("card")], card_id)
+    assert out == b"\x03\x00" + b"*" * 16 + b'{"c": "****"}'
+    # The same with an escape in the payload (its strings read through orjson): both counted.
+    out, counts = Masker([detector("card")], KEY).apply(card_id[:-1] + b', "e": "\\u0041"}')
+    assert out[:18] == b"\x03\x00" + b"*" * 16 and orjson.loads(out[18:]) == {"c": "****", "e": "A"}
+    assert counts == {"card": 2}
+    # A regex rule reads the decoded strings too.
+    out = masked([rule(name="bob", kind="regex", pattern=r"bob@\w+")], GLUE + escaped)
+    assert out[:18] == GLUE and orjson.loads(out[18:])["email"] == "****.com"
+
+
+def test_glue_payload_that_only_starts_like_json_is_read_as_binary():
+    """A Glue payload starting with a bracket that does not parse as JSON (a binary format, or a broken document)
+    is masked as binary: each replacement fitted to the matched length."""
+    data = GLUE + b"{\x02\x00 bob@example.com \x13 4111 1111 1111 1111"
+    out, counts = Masker([detector("card"), detector("email")], KEY).apply(data)
+    assert out == GLUE + b"{\x02\x00 " + b"****" + b"*" * 11 + b" \x13 " + b"****" + b"*" * 15
+    assert counts == {"card": 1, "email": 1}
+
+
 def test_glue_zlib_payload_is_inflated_masked_and_sent_uncompressed():
     """A zlib-compressed Glue payload hides its secrets from any scan of the bytes as they are: it is inflated,
     masked, and sent with compression byte 0 (Glue's deserializers read the byte per record)."""
     data = GLUE_ZLIB + zlib.compress(GLUE_JSON)
     assert b"4111" not in data and b"bob@" not in data     # invisible as it comes
     out, counts = Masker([detector("card", strategy="partial", keep_last=4), detector("email")], KEY).apply(data)
-    # As in any framed payload, each replacement is fitted to the matched length (the redaction padded).
+    # The payload is JSON, so it is masked as JSON (each match replaced inside its string).
     assert out == GLUE + GLUE_JSON.replace(b"4111 1111 1111 1111", b"***************1111").replace(
-        b"bob@example.com", b"*" * 15)
+        b"bob@example.com", b"****")
     assert counts == {"card": 1, "email": 1}
     # A path rule masks the inflated payload whole, as for any framed payload.
     assert Masker([path("card.number")], KEY).apply(data) == (GLUE + b"****", {"card.number": 1})
