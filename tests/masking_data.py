@@ -3,7 +3,8 @@ suites (tests/test_masking_matrix.py, tests/test_masking_hostile.py) share to ch
 
 Every record carries its own sensitive values (Luhn-valid cards with and without separators, emails, IBANs with a
 valid checksum, spaced and compact), in its value (flat and nested JSON, arrays, a card as a JSON number, free
-text; raw JSON, schema-registry framed JSON, and schema-registry framed Protobuf), its key and its header values.
+text; raw JSON, schema-registry framed JSON and Protobuf, and AWS Glue framed JSON, plain and zlib-compressed), its
+key and its header values.
 The masking rules here are what the suites' policies name, so the expected output of every field is known exactly,
 except for the HMAC of an IBAN, whose key the gateway picks: that is matched by shape.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import re
 import struct
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -104,9 +106,14 @@ def grouped(digits: str, sizes: Sequence[int], separator: str) -> str:
 # --- the records ---------------------------------------------------------------------------------------------------
 
 PLAIN, COMMITTED, ABORTED = "plain", "committed", "aborted"
-JSON, SR_JSON, SR_PROTOBUF = "json", "sr-json", "sr-protobuf"
-FRAMINGS = (JSON, SR_JSON, SR_PROTOBUF)
+JSON, SR_JSON, SR_PROTOBUF, GLUE_JSON, GLUE_ZLIB = "json", "sr-json", "sr-protobuf", "glue-json", "glue-zlib"
+FRAMINGS = (JSON, SR_JSON, SR_PROTOBUF, GLUE_JSON, GLUE_ZLIB)
 SCHEMA_ID = 0x0000_0107
+# AWS Glue framing: version 3, compression (0 none, 5 zlib), a 16-byte schema version id (letters: no detector
+# takes them). Masked values arrive uncompressed, whatever they came as.
+GLUE_SCHEMA_VERSION_ID = b"GLUESCHEMAVERSNX"
+GLUE_HEADER = b"\x03\x00" + GLUE_SCHEMA_VERSION_ID
+GLUE_ZLIB_HEADER = b"\x03\x05" + GLUE_SCHEMA_VERSION_ID
 KEY_INDEX = re.compile(rb"key-(\d{6})\|")
 
 
@@ -146,7 +153,7 @@ def make_sample(index: int, topic: str, partition: int, outcome: str) -> Sample:
     secrets = (Secret(CARD, card1.encode()), Secret(CARD, card2.encode()), Secret(EMAIL, email.encode()),
                Secret(EMAIL, email2.encode()), Secret(IBAN, iban_spaced.encode()), Secret(IBAN, iban_compact.encode()))
 
-    framing = FRAMINGS[index % 3]
+    framing = FRAMINGS[index % len(FRAMINGS)]
     key_secret = (email, card1, iban_compact)[index // 3 % 3]
     key = f"key-{index:06d}|{key_secret}".encode()
     headers = [("contact", email.encode()), ("card", f"card {card1}".encode()), ("iban", iban_spaced.encode()),
@@ -178,11 +185,18 @@ def make_sample(index: int, topic: str, partition: int, outcome: str) -> Sample:
         document["pan"] = int(card2)  # a card as a JSON number: masking turns it into a string
         sample.card_number = int(card2)
     text = orjson.dumps(document)
-    if index % 5 == 0:
-        # A JSON escape can spell '@': the masker must read it decoded (its orjson route).
+    if index % 7 == 0:
+        # A JSON escape can spell '@': the masker must read it decoded (its orjson route), in every framing.
         text = text.replace(b"@", b"\\u0040")
     sample.document = document
-    sample.value = text if framing == JSON else framed + text
+    if framing == JSON:
+        sample.value = text
+    elif framing == SR_JSON:
+        sample.value = framed + text
+    elif framing == GLUE_JSON:
+        sample.value = GLUE_HEADER + text
+    else:
+        sample.value = GLUE_ZLIB_HEADER + zlib.compress(text)
     return sample
 
 
@@ -258,6 +272,9 @@ def check_masked(sample: Sample, key: bytes | None, value: bytes | None, headers
     if sample.framing == SR_JSON:
         assert value[:5] == sample.value[:5], f"{label}: schema-registry header {value[:5]!r}"
         value = value[5:]
+    elif sample.framing in (GLUE_JSON, GLUE_ZLIB):
+        assert value[:18] == GLUE_HEADER, f"{label}: Glue header {value[:18]!r}"
+        value = value[18:]
     _check_json(orjson.loads(value), sample.document, sample, label)
 
 
@@ -267,6 +284,17 @@ _CARD_RUN = re.compile(rb"[0-9][0-9 \-]*")
 _IBAN_RUN = re.compile(rb"[A-Z0-9][A-Z0-9 ]*")
 _EMAIL_RUN = re.compile(rb"[A-Za-z0-9._%+\-@]*@[A-Za-z0-9._%+\-@]*")
 _JSON_ESCAPE = re.compile(rb"\\u([0-9a-fA-F]{4})")
+
+
+def _glue_inflated(data: bytes) -> list[bytes]:
+    """The payload of every zlib-compressed Glue value in data, inflated (at most 1 MiB each)."""
+    payloads = []
+    for found in re.finditer(re.escape(GLUE_ZLIB_HEADER), data):
+        try:
+            payloads.append(zlib.decompressobj().decompress(data[found.end():], 1 << 20))
+        except zlib.error:
+            pass
+    return payloads
 
 
 class LeakScanner:
@@ -294,8 +322,11 @@ class LeakScanner:
         self.email_shapes = sorted({(e.index(b"@"), len(e)) for e in self.emails})
 
     def leaks(self, data: bytes) -> list[bytes]:
-        """The distinct original secrets found in data (empty when everything was masked)."""
-        data = _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)).encode("utf-8", "replace"), bytes(data))
+        """The distinct original secrets found in data (empty when everything was masked), also inside the
+        zlib-compressed payloads of Glue-framed values, which hide them from a scan of the bytes as they are."""
+        data = bytes(data)
+        data += b"\n".join(_glue_inflated(data))
+        data = _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)).encode("utf-8", "replace"), data)
         found: set[bytes] = set()
         for runs, strip, wanted, lengths in ((_CARD_RUN, rb"[ \-]", self.cards, self.card_lengths),
                                              (_IBAN_RUN, rb" ", self.ibans, self.iban_lengths)):

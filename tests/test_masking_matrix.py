@@ -3,9 +3,10 @@ masks a topic never receives a card number, email or IBAN, and receives everythi
 broker's own offsets.
 
 Records (tests/masking_data.py) carry their secrets in values (flat and nested JSON, arrays, a card as a JSON
-number, free text, a JSON escape; raw JSON, schema-registry framed JSON and schema-registry framed Protobuf), keys
-and header values. They are produced straight to the brokers as the admin, into one topic per codec (none, gzip,
-snappy, lz4, zstd), in four phases: plain, a committed transaction, an aborted transaction, plain again. Then Kafka's
+number, free text, a JSON escape; raw JSON, schema-registry framed JSON and schema-registry framed Protobuf, AWS
+Glue framed JSON plain and zlib-compressed), keys and header values. They are produced straight to the brokers as
+the admin, into one topic per codec (none, gzip, snappy, lz4, zstd), in four phases: plain, a committed
+transaction, an aborted transaction, plain again. Then Kafka's
 Java console consumer, kcat, confluent-kafka and aiokafka read every topic through the gateway as `analyst`, whose
 policy masks them, under read_committed and read_uncommitted, all at once. Raw Fetch responses through the gateway
 prove every rewritten batch has a valid CRC32C, keeps the broker's batch header fields (offsets, codec, producer),
