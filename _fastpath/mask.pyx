@@ -11,7 +11,9 @@ Fields
     message-index varints follow, inside what is called the payload here). The
     5-byte header is kept; rules see the payload. A field (or payload) whose
     first non-blank byte is ``{`` or ``[`` is handled as JSON; anything else as
-    text, or as binary when framed.
+    text, or as binary when framed. A leading UTF-8 byte order mark is kept and
+    the rest read as if it were not there (Jackson and Python's json skip it
+    and read the JSON after it: its escapes must be read decoded here too).
 
     AWS Glue schema registry framing is 18 bytes: version 3, a compression byte
     (0 none, 5 zlib) and the 16-byte schema version id. A path rule keeps the
@@ -641,6 +643,7 @@ cdef enum SegKind:
 DEF FRAME_HEADER = 5        # Confluent magic byte + schema id
 DEF GLUE_HEADER = 18        # AWS Glue: version, compression, schema version id (16 bytes)
 DEF GLUE_KEPT = 2           # what detectors and regexes leave of it: version and compression
+DEF UTF8_BOM = 3            # a UTF-8 byte order mark, which JSON readers such as Jackson and Python's json skip
 DEF GLUE_VERSION = 3
 DEF GLUE_UNCOMPRESSED = 0
 DEF GLUE_ZLIB = 5
@@ -1813,6 +1816,8 @@ cdef inline Py_ssize_t _frame_head(const unsigned char* s, Py_ssize_t n, int kin
         return FRAME_HEADER
     if n >= GLUE_HEADER and s[0] == GLUE_VERSION and s[1] == GLUE_UNCOMPRESSED:
         return GLUE_HEADER if kind == KIND_PATH else GLUE_KEPT
+    if n >= UTF8_BOM and s[0] == 0xEF and s[1] == 0xBB and s[2] == 0xBF:
+        return UTF8_BOM
     return 0
 
 
@@ -1930,6 +1935,8 @@ cdef int _apply(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, B
     cdef Py_ssize_t head = _frame_head(s, n, rule.kind)
     cdef const unsigned char* payload = s + head
     cdef Py_ssize_t size = n - head
+    # A byte order mark is kept, and what follows read as if it were not there: not a framing.
+    cdef bint framed = head != 0 and head != UTF8_BOM
     cdef Emit em
     cdef int st
     cdef Candidates candidates
@@ -1943,7 +1950,7 @@ cdef int _apply(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, B
     em.dst = dst
     _reset(&em, dst, s, head)
     # A framed payload cannot be decoded here, so a path never applies to it as JSON.
-    if _looks_json(payload, size) and not (rule.kind == KIND_PATH and head):
+    if _looks_json(payload, size) and not (rule.kind == KIND_PATH and framed):
         if rule.kind == KIND_PATH:
             st = _path_scan(rule, payload, size, &em)
         else:
@@ -1962,7 +1969,7 @@ cdef int _apply(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, B
         em.done = size
         em.count = 1
     else:
-        _detect_raw(rule, payload, size, text, cand, &em, MODE_FIT if head else MODE_RAW)
+        _detect_raw(rule, payload, size, text, cand, &em, MODE_FIT if framed else MODE_RAW)
     return _finish(rule, ctx, &em, size)
 
 

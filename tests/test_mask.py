@@ -317,6 +317,21 @@ GLUE_ZLIB = b"\x03\x05" + GLUE_ID
 GLUE_JSON = b'{"card": {"number": "4111 1111 1111 1111"}, "email": "bob@example.com", "note": "plain"}'
 
 
+BOM = b"\xef\xbb\xbf"   # a UTF-8 byte order mark
+
+
+def test_a_byte_order_mark_is_kept_and_what_follows_read_as_it_is():
+    """Jackson and Python's json read JSON after a UTF-8 byte order mark, escapes decoded: an email spelled with
+    one is masked, a path is followed (only its target masked), and text after a mark is masked as text. The
+    mark stays."""
+    out, counts = Masker([detector("email")], KEY).apply(BOM + b'{"email": "bob\\u0040example.com", "n": 1}')
+    assert out[:3] == BOM and orjson.loads(out[3:]) == {"email": "****", "n": 1} and counts == {"email": 1}
+    assert masked([path("card.number")], BOM + b'{"card": {"number": "4111"}, "x": 2}') == \
+        BOM + b'{"card": {"number": "****"}, "x": 2}'
+    assert masked([path("card.number")], BOM + b"not json") == BOM + b"****"
+    assert masked([detector("card")], BOM + b"pay 4111 1111 1111 1111 now") == BOM + b"pay **** now"
+
+
 def test_glue_framed_binary_payload_keeps_header_and_lengths():
     """AWS Glue framing (version 3, compression 0, schema version id): kept, and the payload masked like a
     Confluent-framed one, each replacement fitted to the matched length."""
