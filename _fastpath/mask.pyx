@@ -1863,8 +1863,6 @@ cdef int _apply_rule(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t
     if rule.kind == KIND_REGEX:
         with gil:
             return _apply_regex_rule(rule, ctx, s, n, dst, kinds)
-    if _glue_json(s, n, rule.kind):
-        return _apply_glue_json(rule, ctx, s, n, dst, kinds, NULL, NULL)
     return _apply(rule, ctx, s, n, dst, kinds, NULL)
 
 
@@ -1943,6 +1941,8 @@ cdef int _apply(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, B
     cdef const Candidates* cand = NULL
     if size == 0:
         return 0
+    if head == GLUE_KEPT and text == NULL and _glue_json(s, n, rule.kind):
+        return _apply_glue_json(rule, ctx, s, n, dst, kinds, NULL, NULL)    # (a regex rule's went before)
     if rule.kind == KIND_DETECTOR and kinds:
         _scan(ctx, payload, size, kinds, &candidates)
         cand = &candidates
