@@ -1888,15 +1888,13 @@ cdef int _apply_glue_json(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ss
                           PyObject* text, PyObject* id_text) except -1 nogil:
     """_apply for a Glue-framed field whose payload is JSON (Glue's JSON data format): the schema version id's 16
     bytes are scanned as binary, as in any Glue field (one that only looks framed hides nothing there), and the
-    payload as JSON, as a Confluent-framed JSON payload is: a JSON reader decodes \\u escapes, so the payload's
-    strings must be read decoded too (the orjson route). A match cannot straddle the two: the payload starts with
-    a bracket, which no detector takes. text, id_text: the payload and the id as bytes, for a regex rule."""
+    payload as any framed payload, which is read as JSON when it is: a JSON reader decodes \\u escapes, so the
+    payload's strings must be read decoded too (the orjson route). A match cannot straddle the two: the payload
+    starts with a bracket, which no detector takes. text, id_text: the payload and the id as bytes, for a regex
+    rule."""
     cdef Emit em
     cdef Candidates candidates
     cdef const Candidates* cand = NULL
-    cdef const unsigned char* payload = s + GLUE_HEADER
-    cdef Py_ssize_t size = n - GLUE_HEADER, mark, id_count
-    cdef int st
     em.dst = dst
     _reset(&em, dst, s, GLUE_KEPT)
     em.src = s + GLUE_KEPT
@@ -1905,72 +1903,67 @@ cdef int _apply_glue_json(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ss
         cand = &candidates
     _detect_raw(rule, em.src, GLUE_HEADER - GLUE_KEPT, id_text, cand, &em, MODE_FIT)
     _emit_upto(&em, GLUE_HEADER - GLUE_KEPT)
-    mark = dst.len
-    id_count = em.count
-    em.src = payload
-    em.done = 0
-    if rule.kind == KIND_DETECTOR and kinds:
-        _scan(ctx, payload, size, kinds, &candidates)
-    st = _detect_json(rule, payload, size, text, cand, &em)
-    if st == ST_UNDECIDED:
-        dst.len = mark
-        em.done = 0
-        em.count = id_count
-        with gil:
-            st = _orjson_route(rule, payload, size, &em)
-    if st != ST_OK:
-        # Not JSON after all: binary, like any other Glue payload.
-        dst.len = mark
-        em.done = 0
-        em.count = id_count
-        _detect_raw(rule, payload, size, text, cand, &em, MODE_FIT)
-    return _finish(rule, ctx, &em, size)
+    return _apply_payload(rule, ctx, s + GLUE_HEADER, n - GLUE_HEADER, True, kinds, text, &em)
 
 
 cdef int _apply(Rule rule, MaskCtx* ctx, const unsigned char* s, Py_ssize_t n, Buf* dst, int kinds,
                 PyObject* text) except -1 nogil:
     """_apply_rule's work; text: the payload as bytes, for a regex rule (else NULL)."""
     cdef Py_ssize_t head = _frame_head(s, n, rule.kind)
-    cdef const unsigned char* payload = s + head
-    cdef Py_ssize_t size = n - head
-    # A byte order mark is kept, and what follows read as if it were not there: not a framing.
-    cdef bint framed = head != 0 and head != UTF8_BOM
     cdef Emit em
-    cdef int st
-    cdef Candidates candidates
-    cdef const Candidates* cand = NULL
-    if size == 0:
+    if n == head:
         return 0
     if head == GLUE_KEPT and text == NULL and _glue_json(s, n, rule.kind):
         return _apply_glue_json(rule, ctx, s, n, dst, kinds, NULL, NULL)    # (a regex rule's went before)
+    em.dst = dst
+    _reset(&em, dst, s, head)
+    # A byte order mark is kept, and what follows read as if it were not there: not a framing.
+    return _apply_payload(rule, ctx, s + head, n - head, head != 0 and head != UTF8_BOM, kinds, text, &em)
+
+
+cdef inline int _rewind(Emit* em, Py_ssize_t mark, Py_ssize_t count) except -1 nogil:
+    """Undo what a failed attempt on the payload wrote: back to mark bytes in em.dst and count matches."""
+    em.dst.len = mark
+    em.done = 0
+    em.count = count
+    return 0
+
+
+cdef int _apply_payload(Rule rule, MaskCtx* ctx, const unsigned char* payload, Py_ssize_t size, bint framed,
+                        int kinds, PyObject* text, Emit* em) except -1 nogil:
+    """The rule on a field's payload, what precedes it already in em.dst (and its matches in em.count): as JSON
+    when it is JSON, else as text, or as binary when framed (each replacement fitted to its match)."""
+    cdef Py_ssize_t mark = em.dst.len, count = em.count
+    cdef int st
+    cdef Candidates candidates
+    cdef const Candidates* cand = NULL
     if rule.kind == KIND_DETECTOR and kinds:
         _scan(ctx, payload, size, kinds, &candidates)
         cand = &candidates
     em.src = payload
-    em.dst = dst
-    _reset(&em, dst, s, head)
+    em.done = 0
     # A framed payload cannot be decoded here, so a path never applies to it as JSON.
     if _looks_json(payload, size) and not (rule.kind == KIND_PATH and framed):
         if rule.kind == KIND_PATH:
-            st = _path_scan(rule, payload, size, &em)
+            st = _path_scan(rule, payload, size, em)
         else:
-            st = _detect_json(rule, payload, size, text, cand, &em)
+            st = _detect_json(rule, payload, size, text, cand, em)
         if st == ST_UNDECIDED:
-            _reset(&em, dst, s, head)
+            _rewind(em, mark, count)
             with gil:
-                st = _orjson_route(rule, payload, size, &em)
+                st = _orjson_route(rule, payload, size, em)
         if st == ST_OK:
-            return _finish(rule, ctx, &em, size)
-        _reset(&em, dst, s, head)
+            return _finish(rule, ctx, em, size)
+        _rewind(em, mark, count)
     if rule.kind == KIND_PATH:
         # Not JSON (or framed): the path cannot be followed, so the whole value goes.
         if rule.strategy != STRAT_NULL:
-            _put_masked(rule, dst, payload, size, MODE_RAW)
+            _put_masked(rule, em.dst, payload, size, MODE_RAW)
         em.done = size
-        em.count = 1
+        em.count = count + 1
     else:
-        _detect_raw(rule, payload, size, text, cand, &em, MODE_FIT if framed else MODE_RAW)
-    return _finish(rule, ctx, &em, size)
+        _detect_raw(rule, payload, size, text, cand, em, MODE_FIT if framed else MODE_RAW)
+    return _finish(rule, ctx, em, size)
 
 
 cdef inline int _finish(Rule rule, MaskCtx* ctx, Emit* em, Py_ssize_t size) except -1 nogil:
