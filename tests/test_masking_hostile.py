@@ -471,17 +471,17 @@ def test_a_share_fetch_waiting_at_the_broker_is_decided_again_when_the_policy_ch
             """Whether the analyst is a member of the share group (on a fresh cluster, its coordinator comes up
             first: until then FindCoordinator or the heartbeat answer a retriable error)."""
             [found] = wire.request(FIND_COORDINATOR, 6, {"key_type": 0, "coordinator_keys": [group]})["coordinators"]
-            answers.append(found)
+            joining.append(found)
             if found["error_code"] != 0:
                 return False
             member_wire = connect(f"{found['host']}:{found['port']}", subject="analyst")
-            answers.append(member_wire.request(SHARE_GROUP_HEARTBEAT, 1, {
+            joining.append(member_wire.request(SHARE_GROUP_HEARTBEAT, 1, {
                 "group_id": group, "member_id": member, "member_epoch": 0, "rack_id": None,
                 "subscribed_topic_names": [topic]}))
-            return answers[-1]["error_code"] == 0
+            return joining[-1]["error_code"] == 0
 
-        answers: list[dict] = []
-        assert wait_until(joined, timeout=30, interval=0.5), answers[-1]
+        joining: list[dict] = []    # the answers, for the failure message
+        assert wait_until(joined, timeout=30, interval=0.5), joining[-1]
 
         def share_fetch(epoch: int, max_wait_ms: int) -> dict:
             return {"group_id": group, "member_id": member, "share_session_epoch": epoch, "max_wait_ms": max_wait_ms,
@@ -494,15 +494,15 @@ def test_a_share_fetch_waiting_at_the_broker_is_decided_again_when_the_policy_ch
             """Whether a short ShareFetch has delivered the warm-up record: the share partition is loaded (the first
             share group of a fresh cluster waits for the broker's share state, and a long poll sent before that
             could wait past any timeout here) and the share session open."""
-            answer = wire.request(SHARE_FETCH, 1, share_fetch(len(answers), 100))
-            answers.append(answer)
+            answer = wire.request(SHARE_FETCH, 1, share_fetch(len(fetched), 100))
+            fetched.append(answer)
             return answer["error_code"] == 0 and any(
                 partition["acquired_records"] for topic in answer["responses"] for partition in topic["partitions"])
 
         produce_samples(kafka_cluster, "none", make_samples(topic, 900, [(PLAIN, 1)], partitions=1))
-        answers.clear()
-        assert wait_until(warmed_up, timeout=30, interval=0.5), answers[-1]
-        long_poll = share_fetch(len(answers), 20_000)   # the session's next epoch
+        fetched: list[dict] = []    # the answers: their count is the share session's next epoch
+        assert wait_until(warmed_up, timeout=30, interval=0.5), fetched[-1]
+        long_poll = share_fetch(len(fetched), 20_000)
         wire.send_raw(codec.encode_request_frame(SHARE_FETCH, 1, 99, "inflight-test", long_poll))
         time.sleep(1.5)     # the ShareFetch is at the broker, waiting for records
         # Still waiting: nothing has come back yet (an early answer, an error say, would make this test vacuous).
