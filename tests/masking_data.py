@@ -288,10 +288,10 @@ _JSON_ESCAPE = re.compile(rb"\\u([0-9a-fA-F]{4})")
 
 def _glue_inflated(data: bytes) -> list[bytes]:
     """The payload of every zlib-compressed Glue value in data, inflated (at most 1 MiB each)."""
-    payloads = []
+    payloads, view = [], memoryview(data)     # slices of a view: no copy of the rest per value
     for found in re.finditer(re.escape(GLUE_ZLIB_HEADER), data):
         try:
-            payloads.append(zlib.decompressobj().decompress(data[found.end():], 1 << 20))
+            payloads.append(zlib.decompressobj().decompress(view[found.end():], 1 << 20))
         except zlib.error:
             pass
     return payloads
