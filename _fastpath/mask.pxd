@@ -128,7 +128,8 @@ cdef struct MaskCtx:
     const unsigned char* scan_of    # ...of this field's payload, or NULL: stale once the field changes
     Py_ssize_t scan_len
     int scan_kinds
-    Buf glue                    # an AWS Glue zlib-compressed field, inflated (and framed as uncompressed)
+    Buf glue                    # the field as the rules read it: a Glue zlib one inflated (framed as uncompressed),
+                                # UTF-16 text as UTF-8; and a UTF-16 field's result encoded back
     Py_ssize_t inflate_left     # what such fields may still inflate to, all together (one partition's budget)
 
 
@@ -146,6 +147,8 @@ cdef class Masker:
 
     cdef int mask_field(self, MaskCtx* ctx, int target, const unsigned char* header_key, Py_ssize_t header_key_len,
                         const unsigned char* data, Py_ssize_t n) except -1 nogil
+    cdef int _mask_utf16(self, MaskCtx* ctx, int target, const unsigned char* header_key, Py_ssize_t header_key_len,
+                         const unsigned char* data, Py_ssize_t n) except -1 nogil
 
 
 cdef int maskctx_init(MaskCtx* ctx, Masker masker) except -1

@@ -14,6 +14,10 @@ Fields
     text, or as binary when framed. A leading UTF-8 byte order mark is kept and
     the rest read as if it were not there (Jackson and Python's json skip it
     and read the JSON after it: its escapes must be read decoded here too).
+    A field starting with a UTF-16 byte order mark (Kafka's StringSerializer
+    with the encoding UTF-16 writes one) is decoded and the rules read it as
+    UTF-8; when one changes it, it goes out as UTF-16 again, in the byte order
+    it came in. One that does not decode as UTF-16 is read as bytes.
 
     AWS Glue schema registry framing is 18 bytes: version 3, a compression byte
     (0 none, 5 zlib) and the 16-byte schema version id. A path rule keeps the
@@ -644,6 +648,8 @@ DEF FRAME_HEADER = 5        # Confluent magic byte + schema id
 DEF GLUE_HEADER = 18        # AWS Glue: version, compression, schema version id (16 bytes)
 DEF GLUE_KEPT = 2           # what detectors and regexes leave of it: version and compression
 DEF UTF8_BOM = 3            # a UTF-8 byte order mark, which JSON readers such as Jackson and Python's json skip
+DEF UTF16_BE = 1            # the byte order of a UTF-16 field (its byte order mark says which)
+DEF UTF16_LE = 2
 DEF GLUE_VERSION = 3
 DEF GLUE_UNCOMPRESSED = 0
 DEF GLUE_ZLIB = 5
@@ -1829,6 +1835,41 @@ cdef inline bint _glue_zlib(const unsigned char* s, Py_ssize_t n) noexcept nogil
             and (s[GLUE_HEADER] * 256 + s[GLUE_HEADER + 1]) % 31 == 0)
 
 
+cdef inline bint _utf16_bom(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """Whether the field starts with a UTF-16 byte order mark (Java's StringSerializer writes one, big-endian, for
+    the encoding UTF-16)."""
+    return n >= 2 and ((s[0] == 0xFE and s[1] == 0xFF) or (s[0] == 0xFF and s[1] == 0xFE))
+
+
+cdef int _utf16_to_utf8(MaskCtx* ctx, const unsigned char* s, Py_ssize_t n) except -1:
+    """ctx.glue = the UTF-16 field s[0:n], after its byte order mark, as UTF-8. Returns the byte order (UTF16_BE or
+    UTF16_LE), or 0, leaving ctx.glue alone, when s is not UTF-16 after all (an odd length, a lone surrogate): it is
+    then read as the bytes it is."""
+    cdef int order = UTF16_BE if s[0] == 0xFE else UTF16_LE
+    try:
+        text = PyBytes_FromStringAndSize(<const char*>s + 2, n - 2).decode(
+            "utf-16-be" if order == UTF16_BE else "utf-16-le")
+    except UnicodeDecodeError:
+        return 0
+    encoded = text.encode("utf-8")
+    ctx.glue.len = 0
+    buf_put(&ctx.glue, PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded))
+    return order
+
+
+cdef int _utf8_to_utf16(MaskCtx* ctx, int order) except -1:
+    """ctx.glue = ctx.result, masked UTF-8 text, as UTF-16 in that byte order, its byte order mark first."""
+    try:
+        text = PyBytes_FromStringAndSize(<const char*>ctx.result, ctx.result_len).decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnmaskableField("masked UTF-16 text is no longer text") from None
+    encoded = text.encode("utf-16-be" if order == UTF16_BE else "utf-16-le")
+    ctx.glue.len = 0
+    buf_put(&ctx.glue, b"\xfe\xff" if order == UTF16_BE else b"\xff\xfe", 2)
+    buf_put(&ctx.glue, PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded))
+    return 0
+
+
 class UnmaskableField(Exception):
     """A field the rules cannot be applied to, and which must therefore not be delivered."""
 
@@ -2011,6 +2052,24 @@ cdef void maskctx_free(MaskCtx* ctx) noexcept:
     ctx.counts = NULL
 
 
+cdef inline bint _step(Rule rule, MaskCtx* ctx, int kinds, bint* flip) except -1 nogil:
+    """Apply one rule to ctx.result, writing into the scratch buffer it is not in; whether it changed it."""
+    cdef Buf* dst = &ctx.b if flip[0] else &ctx.a
+    if not _apply_rule(rule, ctx, ctx.result, ctx.result_len, dst, kinds):
+        return False
+    ctx.result = dst.data
+    ctx.result_len = dst.len
+    ctx.scan_of = NULL
+    flip[0] = not flip[0]
+    return True
+
+
+cdef inline bint _applies(Rule rule, int target, const unsigned char* header_key, Py_ssize_t header_key_len) noexcept nogil:
+    """Whether the rule applies to this field: a header rule naming a header applies to that header only."""
+    return not (target == TARGET_HEADER and rule.header_at != NULL and (
+        rule.header_len != header_key_len or memcmp(rule.header_at, header_key, header_key_len) != 0))
+
+
 cdef class Masker:
     """Rules compiled once; see the module docstring for what each rule does.
 
@@ -2066,18 +2125,19 @@ cdef class Masker:
         ctx.result_len = n
         ctx.scan_of = NULL    # bitmaps of an earlier field may sit at the same address
         for i in range(self._nrules[target]):
-            if target == TARGET_HEADER and (<Rule>rules[i]).header_at != NULL and (
-                    (<Rule>rules[i]).header_len != header_key_len
-                    or memcmp((<Rule>rules[i]).header_at, header_key, header_key_len) != 0):
+            if not _applies(<Rule>rules[i], target, header_key, header_key_len):
                 continue
             if not framed:
-                # Once a rule applies to the field: a Glue zlib payload is inflated for every rule to see.
+                # Once a rule applies to the field: a Glue zlib payload is inflated for every rule to see, and
+                # UTF-16 text is read decoded (_mask_utf16).
                 framed = True
                 if _glue_zlib(data, n):
                     with gil:
                         _inflate_glue(ctx, data, n)
                     ctx.result = ctx.glue.data
                     ctx.result_len = ctx.glue.len
+                elif _utf16_bom(data, n):
+                    return self._mask_utf16(ctx, target, header_key, header_key_len, data, n)
             dst = &ctx.b if flip else &ctx.a
             if _apply_rule(<Rule>rules[i], ctx, ctx.result, ctx.result_len, dst, kinds):
                 ctx.result = dst.data
@@ -2085,6 +2145,39 @@ cdef class Masker:
                 ctx.scan_of = NULL
                 flip = not flip
                 changed = True
+        return changed
+
+    cdef int _mask_utf16(self, MaskCtx* ctx, int target, const unsigned char* header_key, Py_ssize_t header_key_len,
+                         const unsigned char* data, Py_ssize_t n) except -1 nogil:
+        """mask_field for a field that starts with a UTF-16 byte order mark: every rule reads it decoded (as
+        UTF-8), and when one changes it, it is encoded again in its byte order. Then the detectors and patterns
+        also read its bytes as they are: a field that only starts like UTF-16 (ASCII after the two bytes, say)
+        must not hide what they find there; in real UTF-16 text they find nothing, every other byte being zero.
+        (A path has failed closed on such a field already: it is not JSON.)"""
+        cdef PyObject** rules = self._rules_at[target]
+        cdef bint flip = False, changed = False
+        cdef int kinds = self.scan_kinds[target], i, order
+        with gil:
+            order = _utf16_to_utf8(ctx, data, n)
+        if order:
+            ctx.result = ctx.glue.data
+            ctx.result_len = ctx.glue.len
+            for i in range(self._nrules[target]):
+                if _applies(<Rule>rules[i], target, header_key, header_key_len):
+                    changed |= _step(<Rule>rules[i], ctx, kinds, &flip)
+        if changed:
+            with gil:
+                _utf8_to_utf16(ctx, order)
+            ctx.result = ctx.glue.data
+            ctx.result_len = ctx.glue.len
+        else:
+            ctx.result = data
+            ctx.result_len = n
+        ctx.scan_of = NULL
+        for i in range(self._nrules[target]):
+            if (<Rule>rules[i]).kind != KIND_PATH or not order:
+                if _applies(<Rule>rules[i], target, header_key, header_key_len):
+                    changed |= _step(<Rule>rules[i], ctx, kinds, &flip)
         return changed
 
     def apply(self, data, *, str target="value", str header=None, Py_ssize_t max_inflated=GLUE_MAX_INFLATED):

@@ -332,6 +332,35 @@ def test_a_byte_order_mark_is_kept_and_what_follows_read_as_it_is():
     assert masked([detector("card")], BOM + b"pay 4111 1111 1111 1111 now") == BOM + b"pay **** now"
 
 
+def test_utf16_text_is_read_decoded_and_goes_out_as_utf16():
+    """Kafka's StringSerializer with the encoding UTF-16 writes a big-endian byte order mark, then two bytes a
+    character: no detector sees a card or an email in those bytes as they are, and Jackson reads such JSON too.
+    The field is decoded, masked as UTF-8 text (JSON here), and encoded again in the byte order it came in."""
+    document = {"card": "4111 1111 1111 1111", "mail": "bob@example.com", "customer": {"name": "Zoë", "id": 7}}
+    value = "\ufeff".encode("utf-16-be") + orjson.dumps(document).decode().encode("utf-16-be")
+    assert value[:2] == b"\xfe\xff" and b"4111" not in value
+    masker = Masker([detector("card", strategy="partial", keep_last=4), detector("email"), path("customer.name")], KEY)
+    out, counts = masker.apply(value)
+    assert out[:2] == b"\xfe\xff" and orjson.loads(out[2:].decode("utf-16-be")) == {
+        "card": "***************1111", "mail": "****", "customer": {"name": "****", "id": 7}}
+    assert counts == {"card": 1, "email": 1, "customer.name": 1}
+    # Little-endian text (its mark FF FE) goes out little-endian.
+    text = b"\xff\xfe" + "pay 4111 1111 1111 1111 now".encode("utf-16-le")
+    out = masked([detector("card")], text)
+    assert out == b"\xff\xfe" + "pay **** now".encode("utf-16-le")
+    # Nothing to mask: the field as it came.
+    plain = b"\xfe\xff" + "nothing here".encode("utf-16-be")
+    assert Masker([detector("card")], KEY).apply(plain) == (plain, {})
+
+
+def test_a_field_that_only_starts_like_utf16_is_read_as_bytes():
+    """After a UTF-16 byte order mark, an odd number of bytes (or a lone surrogate) is not UTF-16: the field is
+    read as the bytes it is, so a card in them is still found."""
+    for data in (b"\xfe\xff pay 4111 1111 1111 1111", b"\xff\xfe" + b"\x00\xd8" + b" 4111 1111 1111 1111 "):
+        out = masked([detector("card")], data)
+        assert b"4111" not in out and out.startswith(data[:2]), out
+
+
 def test_glue_framed_binary_payload_keeps_header_and_lengths():
     """AWS Glue framing (version 3, compression 0, schema version id): kept, and the payload masked like a
     Confluent-framed one, each replacement fitted to the matched length."""

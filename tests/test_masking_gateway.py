@@ -210,3 +210,23 @@ def test_glue_framed_values_reach_a_real_consumer_masked(gateway, idp, kafka_clu
             document = json.loads(value[18:])
             assert document["order"] == i and re.fullmatch(r"\*+1111", document["card"]), document
             assert document["email"] == "[email]", document    # a JSON payload is masked as JSON
+
+
+def test_utf16_values_reach_a_real_consumer_masked(gateway, idp, kafka_cluster, make_topic, masked_prefix):
+    """Values as Kafka's StringSerializer writes them with the encoding UTF-16 (a big-endian byte order mark,
+    two bytes a character), where no scan of the bytes as stored sees a card or an email: through librdkafka
+    they arrive masked, still UTF-16 in the same byte order, everything else as produced."""
+    topic = make_topic(f"{masked_prefix}utf16", partitions=1)
+    producer = Producer({"bootstrap.servers": kafka_cluster.bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                         "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "admin",
+                         "sasl.password": kafka_cluster.passwords["admin"], "compression.type": "zstd"})
+    for i in range(N):
+        text = json.dumps({"order": i, "card": CARD, "email": EMAIL, "note": "Zoë"}, ensure_ascii=False)
+        producer.produce(topic, key=f"k-{i}".encode(), value=("\ufeff" + text).encode("utf-16-be"))
+    assert producer.flush(30) == 0
+    for message in consume_as_analyst(gateway, idp, topic):
+        i, value = int(message.key()[2:]), message.value()
+        assert value[:2] == b"\xfe\xff"
+        document = json.loads(value[2:].decode("utf-16-be"))
+        assert document == {"order": i, "card": "*" * 15 + "1111", "email": "[email]", "note": "Zoë"}, document
+
