@@ -2053,7 +2053,8 @@ cdef void maskctx_free(MaskCtx* ctx) noexcept:
 
 
 cdef inline bint _step(Rule rule, MaskCtx* ctx, int kinds, bint* flip) except -1 nogil:
-    """Apply one rule to ctx.result, writing into the scratch buffer it is not in; whether it changed it."""
+    """Apply one rule to ctx.result, writing into the scratch buffer it is not in; whether it changed it.
+    (Masker.mask_field, the hot loop, has this written out: through _step it measured 3-7 % slower.)"""
     cdef Buf* dst = &ctx.b if flip[0] else &ctx.a
     if not _apply_rule(rule, ctx, ctx.result, ctx.result_len, dst, kinds):
         return False
@@ -2064,7 +2065,8 @@ cdef inline bint _step(Rule rule, MaskCtx* ctx, int kinds, bint* flip) except -1
     return True
 
 
-cdef inline bint _applies(Rule rule, int target, const unsigned char* header_key, Py_ssize_t header_key_len) noexcept nogil:
+cdef inline bint _applies(Rule rule, int target, const unsigned char* header_key,
+                          Py_ssize_t header_key_len) noexcept nogil:
     """Whether the rule applies to this field: a header rule naming a header applies to that header only."""
     return not (target == TARGET_HEADER and rule.header_at != NULL and (
         rule.header_len != header_key_len or memcmp(rule.header_at, header_key, header_key_len) != 0))
