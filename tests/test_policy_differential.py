@@ -32,6 +32,7 @@ from gateway.protocol.apis import (
     OFFSET_FETCH,
     PRODUCE,
 )
+from tests.waiting import wait_until
 from tests.wire import WireClient
 
 ALTER_USER_SCRAM_CREDENTIALS = 51
@@ -101,8 +102,17 @@ def world(kafka_cluster, admin, gateway):
         answer = wire.request(CREATE_ACLS, 3, {"creations": creations})
         assert all(r["error_code"] == 0 for r in answer["results"]), answer
     admin.create_topics([NewTopic(prefix + "a", 1, 1), NewTopic(prefix + "b", 1, 1)], timeout_ms=30000)
-    with admin_wire(kafka_cluster) as wire:
-        metadata = wire.request(METADATA, 12, {"topics": [{"name": prefix + "a"}, {"name": prefix + "b"}]})
+
+    def led() -> bool:
+        """Whether the broker asked knows both topics' leaders yet (new topics reach each broker in its own time)."""
+        with admin_wire(kafka_cluster) as wire:
+            answers.append(wire.request(METADATA, 12, {"topics": [{"name": prefix + "a"}, {"name": prefix + "b"}]}))
+        return all(t["error_code"] == 0 and t["partitions"] and t["partitions"][0]["leader_id"] >= 0
+                   for t in answers[-1]["topics"])
+
+    answers: list[dict] = []
+    assert wait_until(led, timeout=30, interval=0.2), answers[-1]
+    metadata = answers[-1]
     leaders = {t["name"]: t["partitions"][0]["leader_id"] for t in metadata["topics"]}
     ids = {t["name"]: t["topic_id"] for t in metadata["topics"]}
     time.sleep(2)  # ACLs and credentials reach every broker through the metadata log
