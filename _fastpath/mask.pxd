@@ -144,6 +144,7 @@ cdef class Masker:
     cdef int scan_kinds[3]      # per target: the candidate bitmaps its detector rules read (SCAN_* bits)
     cdef PyObject** _rules_at[3]  # per target: its rules, borrowed from the tuples above
     cdef int _nrules[3]
+    cdef int* _walk_together[3]   # per target and rule: how many path rules from it on are walked as one (1: alone)
 
     cdef int mask_field(self, MaskCtx* ctx, int target, const unsigned char* header_key, Py_ssize_t header_key_len,
                         const unsigned char* data, Py_ssize_t n) except -1 nogil
