@@ -26,7 +26,8 @@
    functions only, and portable C (SWAR, eight bytes a word, and a shift ladder for the prefix XOR).
    sw_json_skip_init picks the fastest from CPUID (and, for AVX-512, XGETBV: the OS must save ZMM state) once;
    until it runs (and on other CPUs, compilers and architectures) the portable one is used. All give identical
-   bitmasks.
+   bitmasks. Each has its own copy of the skip loop with its classification inlined (5-10 % faster on the 1 KiB
+   values of the end-to-end benchmark than calling it through a pointer per block).
 
    Plain C99, no library. Every function is static: this header belongs to the one translation unit that
    includes it. */
@@ -231,8 +232,16 @@ static inline uint64_t sw_json_escaped(uint64_t backslash, uint64_t *carry) {
     return escaped;
 }
 
-static Py_ssize_t sw_json_skip_with(const sw_json_skip_impl *impl, const unsigned char *s, Py_ssize_t n,
-                                    Py_ssize_t k, int max_depth) {
+/* The skip with a given classification and prefix XOR; always inlined, so that each implementation below gets
+   its own copy with both calls inlined (through the function pointers they cost a call each per block). */
+#if defined(__GNUC__)
+#define SW_JSON_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define SW_JSON_ALWAYS_INLINE inline
+#endif
+static SW_JSON_ALWAYS_INLINE Py_ssize_t sw_json_skip_body(
+        sw_json_classify_fn classify, sw_json_prefix_xor_fn prefix_xor, const unsigned char *s, Py_ssize_t n,
+        Py_ssize_t k, int max_depth) {
     uint64_t stack[SW_SKIP_MAX_WORDS];          /* bit per open bracket: 1 for {, 0 for [ */
     unsigned char tail[64];
     sw_json_bits b;
@@ -243,12 +252,12 @@ static Py_ssize_t sw_json_skip_with(const sw_json_skip_impl *impl, const unsigne
     for (; k < n; k += 64) {
         uint64_t escaped, quotes, string, brackets, bad, limit;
         if (n - k >= 64) {
-            impl->classify(s + k, &b);
+            classify(s + k, &b);
         } else if (n >= 64) {
             /* The last partial block read as the block that ends at n, its bytes before k shifted out: the same
                bits as the zero-padded copy below (zeros come in past n), without copying. 0 < shift < 64. */
             int shift = (int)(k - (n - 64));
-            impl->classify(s + n - 64, &b);
+            classify(s + n - 64, &b);
             b.backslash >>= shift;
             b.quote >>= shift;
             b.open >>= shift;
@@ -257,12 +266,12 @@ static Py_ssize_t sw_json_skip_with(const sw_json_skip_impl *impl, const unsigne
         } else {
             memset(tail, 0, sizeof tail);
             memcpy(tail, s + k, (size_t)(n - k));
-            impl->classify(tail, &b);
+            classify(tail, &b);
         }
         escaped = b.backslash ? sw_json_escaped(b.backslash, &esc_carry) : esc_carry;
         if (!b.backslash) esc_carry = 0;
         quotes = b.quote & ~escaped;
-        string = impl->prefix_xor(quotes) ^ in_string;
+        string = prefix_xor(quotes) ^ in_string;
         in_string = (uint64_t)0 - (string >> 63);
         brackets = (b.open | b.close) & ~string;
         bad = b.backslash & ~string;            /* a backslash outside a string: the token walk reads on */
@@ -298,6 +307,33 @@ static Py_ssize_t sw_json_skip_with(const sw_json_skip_impl *impl, const unsigne
             return SW_SKIP_FALLBACK;
     }
     return SW_SKIP_INVALID;
+}
+
+#if SW_JSON_SKIP_HAVE_SIMD
+__attribute__((target("avx512f,avx512bw,pclmul")))
+static Py_ssize_t sw_json_skip_avx512(const unsigned char *s, Py_ssize_t n, Py_ssize_t k, int max_depth) {
+    return sw_json_skip_body(sw_json_classify_avx512, sw_json_prefix_xor_clmul, s, n, k, max_depth);
+}
+
+__attribute__((target("sse2,pclmul")))
+static Py_ssize_t sw_json_skip_sse2(const unsigned char *s, Py_ssize_t n, Py_ssize_t k, int max_depth) {
+    return sw_json_skip_body(sw_json_classify_sse2, sw_json_prefix_xor_clmul, s, n, k, max_depth);
+}
+#endif
+
+static Py_ssize_t sw_json_skip_portable(const unsigned char *s, Py_ssize_t n, Py_ssize_t k, int max_depth) {
+    return sw_json_skip_body(sw_json_classify_scalar, sw_json_prefix_xor_scalar, s, n, k, max_depth);
+}
+
+static inline Py_ssize_t sw_json_skip_with(const sw_json_skip_impl *impl, const unsigned char *s, Py_ssize_t n,
+                                           Py_ssize_t k, int max_depth) {
+#if SW_JSON_SKIP_HAVE_SIMD
+    if (impl == &sw_json_skip_avx512_impl)
+        return sw_json_skip_avx512(s, n, k, max_depth);
+    if (impl == &sw_json_skip_simd_impl)
+        return sw_json_skip_sse2(s, n, k, max_depth);
+#endif
+    return sw_json_skip_portable(s, n, k, max_depth);
 }
 
 static inline Py_ssize_t sw_json_skip(const unsigned char *s, Py_ssize_t n, Py_ssize_t k, int max_depth) {
