@@ -1,9 +1,9 @@
 # cython: language_level=3
 """What record_batch needs from the masking kernel: the output buffer, the per-call context, the Masker."""
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, _PyBytes_Resize
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
-from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
+from cpython.bytes cimport PyBytes_AS_STRING, _PyBytes_Resize
+from cpython.mem cimport PyMem_Free
+from cpython.ref cimport Py_DECREF, PyObject
 from libc.string cimport memcpy, memset
 
 
@@ -64,46 +64,20 @@ cdef inline void buf_free(Buf* b) noexcept:
     b.cap = 0
 
 
-cdef inline int _buf_grow(Buf* b, Py_ssize_t need) except -1 nogil:
-    # Growing is rare (the first write of a call, or an output larger than guessed): it takes the GIL for
-    # the allocator and for errors, so the kernel itself can run without it.
-    with gil:
-        return _buf_grow_gil(b, need)
-
-
-cdef inline int _buf_grow_gil(Buf* b, Py_ssize_t need) except -1:
-    if need > b.limit:
-        raise OverflowError(f"output would exceed {b.limit} bytes")
-    # At least one byte: the empty bytes object is shared and cannot be resized.
-    cdef Py_ssize_t cap = max(1, min(max(need, b.cap * 2, b.first), b.limit))
-    cdef unsigned char* data
-    cdef object block
-    if b.as_bytes:
-        if b.bytes == NULL:
-            block = PyBytes_FromStringAndSize(NULL, cap)
-            Py_INCREF(block)
-            b.bytes = <PyObject*>block
-        else:
-            _PyBytes_Resize(&b.bytes, cap)
-        data = <unsigned char*>PyBytes_AS_STRING(<object>b.bytes)
-    else:
-        data = <unsigned char*>PyMem_Realloc(b.data, cap)
-        if data == NULL:
-            raise MemoryError()
-    b.data = data
-    b.cap = cap
-    return 0
+# Growing is rare (the first write of a call, or an output larger than guessed), and kept out of line (mask.pyx):
+# the puts below stay small enough for the compiler to inline them where the kernel writes.
+cdef int buf_grow(Buf* b, Py_ssize_t need) except -1 nogil
 
 
 cdef inline int buf_reserve(Buf* b, Py_ssize_t extra) except -1 nogil:
     if b.cap - b.len < extra:
-        _buf_grow(b, b.len + extra)
+        buf_grow(b, b.len + extra)
     return 0
 
 
 cdef inline int buf_put(Buf* b, const void* src, Py_ssize_t n) except -1 nogil:
     if b.cap - b.len < n:
-        _buf_grow(b, b.len + n)
+        buf_grow(b, b.len + n)
     memcpy(b.data + b.len, src, n)
     b.len += n
     return 0
@@ -111,7 +85,7 @@ cdef inline int buf_put(Buf* b, const void* src, Py_ssize_t n) except -1 nogil:
 
 cdef inline int buf_fill(Buf* b, unsigned char byte, Py_ssize_t n) except -1 nogil:
     if b.cap - b.len < n:
-        _buf_grow(b, b.len + n)
+        buf_grow(b, b.len + n)
     memset(b.data + b.len, byte, n)
     b.len += n
     return 0

@@ -105,8 +105,9 @@ import zlib
 
 import orjson
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE, _PyBytes_Resize
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.ref cimport Py_INCREF
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy, memset
@@ -130,6 +131,41 @@ cdef extern from "sha256.h":
                         uint8_t* out) noexcept nogil
 
 sw_sha256_init()    # SHA-NI when the CPU has it, else the portable code
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output buffers (mask.pxd): the out-of-line part
+
+cdef int buf_grow(Buf* b, Py_ssize_t need) except -1 nogil:
+    """Make room in b for need bytes in all (mask.pxd). It takes the GIL for the allocator and for errors, so the
+    kernel itself can run without it."""
+    with gil:
+        return _buf_grow_gil(b, need)
+
+
+cdef int _buf_grow_gil(Buf* b, Py_ssize_t need) except -1:
+    if need > b.limit:
+        raise OverflowError(f"output would exceed {b.limit} bytes")
+    # At least one byte: the empty bytes object is shared and cannot be resized.
+    cdef Py_ssize_t cap = max(1, min(max(need, b.cap * 2, b.first), b.limit))
+    cdef unsigned char* data
+    cdef object block
+    if b.as_bytes:
+        if b.bytes == NULL:
+            block = PyBytes_FromStringAndSize(NULL, cap)
+            Py_INCREF(block)
+            b.bytes = <PyObject*>block
+        else:
+            _PyBytes_Resize(&b.bytes, cap)
+        data = <unsigned char*>PyBytes_AS_STRING(<object>b.bytes)
+    else:
+        data = <unsigned char*>PyMem_Realloc(b.data, cap)
+        if data == NULL:
+            raise MemoryError()
+    b.data = data
+    b.cap = cap
+    return 0
+
 
 cdef extern from "json_skip.h":
     # Skipping an object or array 64 bytes at a time (simdjson's stage 1); see the header.
