@@ -589,6 +589,42 @@ cdef extern from *:
         return sw_card_run_portable;
     }
 
+    /* The shape most card numbers come in: 16 digits, alone or in four groups of four joined by one space or
+       dash each ("4111 1111 1111 1111"). Its length at s[a] (16 or 19) when s[a:n] starts with it and no digit
+       follows it after any spaces and dashes, else 0. In such a run the detector's group walk finds exactly
+       that one candidate (the whole shape, 16 digits) and nothing more, so it can be checked at once. */
+    static inline int sw_card_common(const unsigned char *s, Py_ssize_t a, Py_ssize_t n) {
+        int length, i;
+        Py_ssize_t t;
+    #define SW_CARD_DIGIT(c) ((unsigned char)((c) - 0x30) <= 9)
+    #define SW_CARD_SEP(c) ((c) == 0x20 || (c) == 0x2D)
+        if (n - a >= 19 && SW_CARD_SEP(s[a + 4]) && SW_CARD_SEP(s[a + 9]) && SW_CARD_SEP(s[a + 14])) {
+            for (i = 0; i < 16; i++)
+                if (!SW_CARD_DIGIT(s[a + i + i / 4])) return 0;
+            length = 19;
+        } else if (n - a >= 16) {
+            for (i = 0; i < 16; i++)
+                if (!SW_CARD_DIGIT(s[a + i])) return 0;
+            length = 16;
+        } else {
+            return 0;
+        }
+        for (t = a + length; t < n && SW_CARD_SEP(s[t]); t++) {}
+        return t < n && SW_CARD_DIGIT(s[t]) ? 0 : length;
+    #undef SW_CARD_DIGIT
+    #undef SW_CARD_SEP
+    }
+
+    /* sw_luhn for the shape sw_card_common found at s[a] (length 16 or 19): its 16 digits at known places. */
+    static inline int sw_luhn16(const unsigned char *s, Py_ssize_t a, int length) {
+        static const unsigned char doubled[10] = {0, 2, 4, 6, 8, 1, 3, 5, 7, 9};
+        unsigned int total = 0;
+        int i, step = length == 19;
+        for (i = 0; i < 16; i += 2)
+            total += doubled[s[a + i + step * (i / 4)] - 0x30] + (s[a + i + 1 + step * ((i + 1) / 4)] - 0x30);
+        return total % 10 == 0;
+    }
+
     /* Whether the digits of s[a:b] (other bytes skipped) pass the Luhn check: from the right, every second
        digit doubled, its digits summed. */
     static inline int sw_luhn(const unsigned char *s, Py_ssize_t a, Py_ssize_t b) {
@@ -630,6 +666,8 @@ cdef extern from *:
     Py_ssize_t sw_structural(const unsigned char* s, Py_ssize_t k, Py_ssize_t n) noexcept nogil
     bint sw_ascii(const unsigned char* s, Py_ssize_t n) noexcept nogil
     bint sw_luhn(const unsigned char* s, Py_ssize_t a, Py_ssize_t b) noexcept nogil
+    int sw_card_common(const unsigned char* s, Py_ssize_t a, Py_ssize_t n) noexcept nogil
+    bint sw_luhn16(const unsigned char* s, Py_ssize_t a, int length) noexcept nogil
     ctypedef Py_ssize_t (*sw_card_run_fn)(const unsigned char* s, Py_ssize_t start, Py_ssize_t n) noexcept nogil
     sw_card_run_fn sw_card_run_fastest() noexcept nogil
     Py_ssize_t sw_card_run_portable(const unsigned char* s, Py_ssize_t start, Py_ssize_t n) noexcept nogil
@@ -782,14 +820,17 @@ cdef inline bint _digits(const unsigned char* s, Py_ssize_t n) noexcept nogil:
 # ---------------------------------------------------------------------------------------------------------------
 # Detectors: each finds the first match starting at or after `start` in s[0:n], as [ms, me).
 
-cdef bint _card_ok(const unsigned char* s, Py_ssize_t n, Py_ssize_t a, Py_ssize_t b, int digits) noexcept nogil:
-    if digits < 13 or digits > 19 or s[a] < 0x32 or s[a] > 0x36:
+cdef inline bint _card_edges_ok(const unsigned char* s, Py_ssize_t n, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """Whether s[a:b] may be a card but for its digits: it starts with 2-6 and continues no word or decimal."""
+    if s[a] < 0x32 or s[a] > 0x36:
         return False
     if a > 0 and (_alnum(s[a - 1]) or (s[a - 1] == c'.' and a > 1 and _digit(s[a - 2]))):
         return False
-    if b < n and (_alnum(s[b]) or (s[b] == c'.' and b + 1 < n and _digit(s[b + 1]))):
-        return False
-    return sw_luhn(s, a, b)
+    return not (b < n and (_alnum(s[b]) or (s[b] == c'.' and b + 1 < n and _digit(s[b + 1]))))
+
+
+cdef bint _card_ok(const unsigned char* s, Py_ssize_t n, Py_ssize_t a, Py_ssize_t b, int digits) noexcept nogil:
+    return 13 <= digits <= 19 and _card_edges_ok(s, n, a, b) and sw_luhn(s, a, b)
 
 
 cdef inline void _card_union(Py_ssize_t a, Py_ssize_t b, Py_ssize_t* best_a, Py_ssize_t* best_b) noexcept nogil:
@@ -808,10 +849,12 @@ cdef sw_card_run_fn _card_run = sw_card_run_fastest()
 
 cdef bint _find_card(const unsigned char* s, Py_ssize_t n, Py_ssize_t start,
                      Py_ssize_t* ms, Py_ssize_t* me, const uint64_t* candidates,
-                     sw_card_run_fn card_run) noexcept nogil:
+                     sw_card_run_fn card_run, bint common=True) noexcept nogil:
     # Each run long enough to hold a card (card_run, or the first candidate bit at or after k, which is the
     # same place) is walked once, group by group. Candidates end at a group: the group alone (13-19 digits), or
-    # it and up to five groups before it (3-6 digits each, joined by single separators).
+    # it and up to five groups before it (3-6 digits each, joined by single separators). A run that is just the
+    # common shape of 16 digits (sw_card_common) is checked at once instead: the walk would find that one
+    # candidate alone (common=False walks it, for tests).
     cdef Py_ssize_t k = start, a, gap, best_a, best_b
     cdef Py_ssize_t group_start[8]
     cdef int group_len[8]
@@ -831,6 +874,15 @@ cdef bint _find_card(const unsigned char* s, Py_ssize_t n, Py_ssize_t start,
             # A group starting this far past the match cannot be part of a card overlapping it.
             if k >= n or not _digit(s[k]) or (best_a >= 0 and k >= best_b + 40):
                 break
+            if groups == 0 and common:
+                length = sw_card_common(s, k, n)
+                if length:
+                    if _card_edges_ok(s, n, k, k + length) and sw_luhn16(s, k, length):
+                        ms[0] = k
+                        me[0] = k + length
+                        return True
+                    k += length
+                    break
             a = k
             k = sw_digits(s, k, n)
             length = <int>(k - a)
@@ -2421,7 +2473,8 @@ def _detector_matches(str detector, data, bint merged, Py_ssize_t start=0, bint 
     """For tests: every match of one detector in data from start on, found one after another as the rules do
     (each search starting where the last match ended), as [(start, end), ...]. merged: through the candidate
     bitmaps of the merged pass over every kind, else by the detector's own scan; both must agree. portable: the merged
-    pass and the card run search without AVX-512, which must find the same."""
+    pass and the card run search without AVX-512, and every card run walked group by group (no check of the common
+    shape at once), which must find the same."""
     if detector not in DETECTORS:
         raise ValueError(f"detector must be one of {sorted(DETECTORS)}")
     if start < 0:
@@ -2445,7 +2498,7 @@ def _detector_matches(str detector, data, bint merged, Py_ssize_t start=0, bint 
         while start <= n:
             if kind == DET_CARD:
                 found = _find_card(s, n, start, &ms, &me, cand,
-                                   sw_card_run_portable if portable else _card_run)
+                                   sw_card_run_portable if portable else _card_run, not portable)
             elif kind == DET_EMAIL:
                 found = _find_email(s, n, start, &ms, &me)
             elif kind == DET_IBAN:

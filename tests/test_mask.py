@@ -670,6 +670,40 @@ def test_card_run_search_matches_the_portable_probe(seed):
     assert found > 100
 
 
+def luhn_digits(rng, valid: bool) -> str:
+    """16 random digits, first 2-6, whose Luhn check passes or fails as asked."""
+    digits = [rng.randint(2, 6)] + [rng.randint(0, 9) for _ in range(14)]
+    total = sum(d if i % 2 else (2 * d if d < 5 else 2 * d - 9) for i, d in enumerate(digits))
+    check = (10 - total % 10) % 10
+    return "".join(map(str, digits + [check if valid else (check + rng.randint(1, 9)) % 10]))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_common_card_shape_is_found_as_the_group_walk_finds_it(seed):
+    """A run holding just 16 digits, alone or in four groups of four, is checked at once (mask.pyx,
+    sw_card_common) instead of being walked group by group. Around such numbers, valid or not, with either
+    separator, the bytes that decide (a letter, a decimal point, more digits or groups after spaces or dashes,
+    a cut-off end): the same matches as the walk, which the portable search uses."""
+    rng = random.Random(seed)
+    found = 0
+    for _ in range(300):
+        number = luhn_digits(rng, rng.random() < 0.7)
+        if rng.random() < 0.6:
+            # Mostly single separators (the common shape), sometimes doubled or none (the walk decides).
+            seps = [rng.choice(" -") for _ in range(3)] if rng.random() < 0.8 else [rng.choice(["  ", ""])] * 3
+            number = number[:4] + seps[0] + number[4:8] + seps[1] + number[8:12] + seps[2] + number[12:]
+        before = rng.choice(["", " ", "x", "a.", "1.", '"', ": ", "-", "12 "])
+        after = rng.choice(["", " ", "x", ".5", ".", '"', " 1", "-1", " - 42", "1", "  x", " 1234", "-"])
+        data = (before + number + after).encode()
+        if rng.random() < 0.2:
+            data = data[:rng.randint(0, len(data))]
+        walked = _detector_matches("card", data, False, portable=True)
+        assert _detector_matches("card", data, False) == walked, data
+        assert _detector_matches("card", data, True) == walked, data
+        found += len(walked)
+    assert found > 60       # many of them were cards: the comparison is not vacuous
+
+
 @pytest.mark.parametrize("kind", list(POSITIVES))
 def test_every_positive_is_found_at_every_offset(kind):
     """Each positive at every offset of a 150-byte field, so that it starts, ends and straddles the edges of the
