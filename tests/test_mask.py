@@ -598,6 +598,26 @@ def test_path_rules_walked_together_give_what_they_give_one_after_another(seed):
     assert changed > 10     # most documents had something masked: the comparison is not vacuous
 
 
+def test_header_path_rules_are_walked_together_only_for_their_header():
+    """Header path rules share a walk only with the rules for the same header: on each header, the rules for it
+    (and those for every header) apply, one after another, and no other."""
+    rules = [rule(name="a", target="header", header="h1", kind="json_path", path="a"),
+             rule(name="b", target="header", header="h1", kind="json_path", path="b", strategy="null"),
+             rule(name="c", target="header", header="h2", kind="json_path", path="c", strategy="hash"),
+             rule(name="d", target="header", kind="json_path", path="d")]
+    data = b'{"a": "x", "b": "y", "c": "z", "d": "w"}'
+    for header, expected in (("h1", {"a": "****", "b": None, "c": "z", "d": "****"}),
+                             ("h2", {"a": "x", "b": "y", "c": token(b"z"), "d": "****"}),
+                             ("h3", {"a": "x", "b": "y", "c": "z", "d": "****"})):
+        together = Masker(rules, KEY).apply(data, target="header", header=header)
+        assert orjson.loads(together[0]) == expected, header
+        alone = data, {}
+        for spec in rules:
+            out, counts = Masker([spec], KEY).apply(alone[0], target="header", header=header)
+            alone = out, {**alone[1], **counts}
+        assert together == alone, header
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_random_bytes_never_raise(seed):
     rng = random.Random(seed)
