@@ -57,6 +57,10 @@ PARTS = {
                                "strategy": "redact"} for kind in ("card", "email", "iban", "ssn", "phone")],
                              b"k" * 32),
 }
+# The naive pipeline's own rules: both fields by path (customer.card partial, customer.email redact), which the
+# kernel walks once for both (mask.pyx, _apply_paths).
+PATHS_MASKER = Masker([{"name": "card", "target": "value", "kind": "json_path", "path": "customer.card",
+                        "strategy": "partial", "keep_last": 4}, MASKER_RULES[1]], b"k" * 32)
 
 
 def _values() -> list[bytes]:
@@ -108,10 +112,6 @@ KIB_MASKER = Masker([
     {"name": "emails", "target": "value", "kind": "json_path", "path": "customer.email", "strategy": "hash"},
 ], KIB_KEY)
 KIB_VALUES = payload_values(RECORDS)
-# The naive pipeline's own rules: both fields by path (customer.card partial, customer.email redact), which the
-# kernel walks once for both (mask.pyx, _apply_paths).
-PATHS_MASKER = Masker([{"name": "card", "target": "value", "kind": "json_path", "path": "customer.card",
-                        "strategy": "partial", "keep_last": 4}, MASKER_RULES[1]], b"k" * 32)
 KIB_BATCH = _batch(CODECS["none"], KIB_VALUES)
 
 
