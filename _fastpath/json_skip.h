@@ -172,48 +172,6 @@ static inline int sw_json_cpu_has_simd(void) {
 }
 #endif
 
-enum { SW_JSON_SKIP_AUTO = -1, SW_JSON_SKIP_SCALAR = 0, SW_JSON_SKIP_SIMD = 1, SW_JSON_SKIP_AVX512 = 2 };
-
-typedef struct {
-    sw_json_classify_fn classify;
-    sw_json_prefix_xor_fn prefix_xor;
-} sw_json_skip_impl;
-
-static sw_json_skip_impl sw_json_skip_scalar_impl = {sw_json_classify_scalar, sw_json_prefix_xor_scalar};
-#if SW_JSON_SKIP_HAVE_SIMD
-static sw_json_skip_impl sw_json_skip_simd_impl = {sw_json_classify_sse2, sw_json_prefix_xor_clmul};
-static sw_json_skip_impl sw_json_skip_avx512_impl = {sw_json_classify_avx512, sw_json_prefix_xor_clmul};
-#endif
-static const sw_json_skip_impl *sw_json_skip_current = &sw_json_skip_scalar_impl;
-
-/* The implementation `which` names (SW_JSON_SKIP_AUTO: the one in use), or NULL when this CPU or build lacks
-   it. */
-static inline const sw_json_skip_impl *sw_json_skip_get(int which) {
-    if (which == SW_JSON_SKIP_AUTO)
-        return sw_json_skip_current;
-    if (which == SW_JSON_SKIP_SCALAR)
-        return &sw_json_skip_scalar_impl;
-#if SW_JSON_SKIP_HAVE_SIMD
-    if (which == SW_JSON_SKIP_SIMD && sw_json_cpu_has_simd())
-        return &sw_json_skip_simd_impl;
-    if (which == SW_JSON_SKIP_AVX512 && sw_json_cpu_has_avx512())
-        return &sw_json_skip_avx512_impl;
-#endif
-    return NULL;
-}
-
-/* The fastest block implementation this CPU has, or NULL when it has no SIMD one. */
-static inline const sw_json_skip_impl *sw_json_skip_fastest(void) {
-    const sw_json_skip_impl *impl = sw_json_skip_get(SW_JSON_SKIP_AVX512);
-    return impl != NULL ? impl : sw_json_skip_get(SW_JSON_SKIP_SIMD);
-}
-
-static inline void sw_json_skip_init(void) {
-    const sw_json_skip_impl *impl = sw_json_skip_fastest();
-    if (impl != NULL)
-        sw_json_skip_current = impl;
-}
-
 /* The bytes escaped by backslashes in a block: each odd-length run of backslashes escapes the byte after it.
    *carry is 1 when the previous block ended with such a run (its byte 0 is escaped, so a backslash there
    starts nothing); it is set for the next block. A run starting on an even bit, plus its start bit, carries
@@ -325,16 +283,53 @@ static Py_ssize_t sw_json_skip_portable(const unsigned char *s, Py_ssize_t n, Py
     return sw_json_skip_body(sw_json_classify_scalar, sw_json_prefix_xor_scalar, s, n, k, max_depth);
 }
 
+enum { SW_JSON_SKIP_AUTO = -1, SW_JSON_SKIP_SCALAR = 0, SW_JSON_SKIP_SIMD = 1, SW_JSON_SKIP_AVX512 = 2 };
+
+/* An implementation: its skip, with its own block classification and prefix XOR inlined. */
+typedef struct {
+    Py_ssize_t (*skip)(const unsigned char *s, Py_ssize_t n, Py_ssize_t k, int max_depth);
+} sw_json_skip_impl;
+
+static sw_json_skip_impl sw_json_skip_scalar_impl = {sw_json_skip_portable};
+#if SW_JSON_SKIP_HAVE_SIMD
+static sw_json_skip_impl sw_json_skip_simd_impl = {sw_json_skip_sse2};
+static sw_json_skip_impl sw_json_skip_avx512_impl = {sw_json_skip_avx512};
+#endif
+static const sw_json_skip_impl *sw_json_skip_current = &sw_json_skip_scalar_impl;
+
+/* The implementation `which` names (SW_JSON_SKIP_AUTO: the one in use), or NULL when this CPU or build lacks
+   it. */
+static inline const sw_json_skip_impl *sw_json_skip_get(int which) {
+    if (which == SW_JSON_SKIP_AUTO)
+        return sw_json_skip_current;
+    if (which == SW_JSON_SKIP_SCALAR)
+        return &sw_json_skip_scalar_impl;
+#if SW_JSON_SKIP_HAVE_SIMD
+    if (which == SW_JSON_SKIP_SIMD && sw_json_cpu_has_simd())
+        return &sw_json_skip_simd_impl;
+    if (which == SW_JSON_SKIP_AVX512 && sw_json_cpu_has_avx512())
+        return &sw_json_skip_avx512_impl;
+#endif
+    return NULL;
+}
+
+/* The fastest block implementation this CPU has, or NULL when it has no SIMD one. */
+static inline const sw_json_skip_impl *sw_json_skip_fastest(void) {
+    const sw_json_skip_impl *impl = sw_json_skip_get(SW_JSON_SKIP_AVX512);
+    return impl != NULL ? impl : sw_json_skip_get(SW_JSON_SKIP_SIMD);
+}
+
+static inline void sw_json_skip_init(void) {
+    const sw_json_skip_impl *impl = sw_json_skip_fastest();
+    if (impl != NULL)
+        sw_json_skip_current = impl;
+}
+
 static inline Py_ssize_t sw_json_skip_with(const sw_json_skip_impl *impl, const unsigned char *s, Py_ssize_t n,
                                            Py_ssize_t k, int max_depth) {
-#if SW_JSON_SKIP_HAVE_SIMD
-    if (impl == &sw_json_skip_avx512_impl)
-        return sw_json_skip_avx512(s, n, k, max_depth);
-    if (impl == &sw_json_skip_simd_impl)
-        return sw_json_skip_sse2(s, n, k, max_depth);
-#endif
-    return sw_json_skip_portable(s, n, k, max_depth);
+    return impl->skip(s, n, k, max_depth);
 }
+
 
 static inline Py_ssize_t sw_json_skip(const unsigned char *s, Py_ssize_t n, Py_ssize_t k, int max_depth) {
     return sw_json_skip_with(sw_json_skip_current, s, n, k, max_depth);
