@@ -80,6 +80,15 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, all) CPU seconds of every core of the machine so far: broker, clients and gateway together. On a
+    machine they share, their sum per GB read is what bounds a ratio against direct Kafka."""
+    times = psutil.cpu_times()
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    every = sum(times)
+    return every - idle, every
+
+
 def produce(lib: Path, bootstrap: str, topic: str, records: int, client_config: Path | None, jvm: list[str]) -> dict:
     args = ["--topic", topic, "--num-records", str(records), "--record-size", str(RECORD_SIZE),
             "--throughput", "-1", "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all"]

@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.e2e import consume, cpu_seconds, oauth_clients  # noqa: E402
+from bench.e2e import consume, cpu_seconds, machine_cpu_seconds, oauth_clients  # noqa: E402
 from gateway.dev.kafka import KafkaCluster, ensure_jars, java_tool  # noqa: E402
 from gateway.dev.process import GatewayProcess  # noqa: E402
 
@@ -119,6 +119,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--client", choices=("java", "librdkafka"), default="java")
+    parser.add_argument("--mask-threads", type=int, default=None, help="the gateway's limits.mask_threads")
     args = parser.parse_args()
 
     lib = ensure_jars()
@@ -128,6 +129,8 @@ def main() -> int:
     direct_config = work / "direct.properties"
     cluster.write_client_config("admin", direct_config)
     idp, overrides, gateway_config, gateway_jvm = oauth_clients(work)
+    if args.mask_threads is not None:
+        overrides["limits"] = {"mask_threads": args.mask_threads}
     payloads = work / "payloads.txt"
     value_size = payload_file(payloads)
     results: dict[str, dict] = {}
@@ -154,20 +157,26 @@ def main() -> int:
             cluster.create_topic(topic, partitions=6, replication_factor=1)
             produce_payloads(lib, cluster, direct_config, topic, args.records, payloads, codec)
             direct, plain, through, cpu = [], [], [], []
+            machine: dict[str, list[float]] = {"direct": [], "plain": [], "masked": []}  # busy core-s per GB
+            idle: dict[str, list[float]] = {"direct": [], "plain": [], "masked": []}  # share of the cores left idle
+            gigabytes = args.records * value_size / 1e9
             for round_index in range(args.rounds):
                 # Every other round in reverse order: this machine's speed drifts within a run, and a fixed
                 # order would hand the drift to whichever side always comes last.
                 for side in ("direct", "plain", "masked")[::1 if round_index % 2 == 0 else -1]:
-                    if side == "direct":
-                        direct.append(read(False, topic))
-                    elif side == "plain":
-                        gateway.install_policy(UNMASKED_POLICY)
-                        plain.append(read(True, topic))
-                    else:
-                        gateway.install_policy(POLICY)
-                        before = cpu_seconds(gateway.proc.pid)
-                        through.append(read(True, topic))
-                        cpu.append((cpu_seconds(gateway.proc.pid) - before) / (args.records * value_size / 1e9))
+                    if side != "direct":
+                        gateway.install_policy(UNMASKED_POLICY if side == "plain" else POLICY)
+                    busy_before, all_before = machine_cpu_seconds()
+                    gateway_before = cpu_seconds(gateway.proc.pid)
+                    # The machine's CPU is counted over the whole client run (JVM start and group join too), so
+                    # its per-GB figures are a little above the read's own; the same for every side.
+                    rate = read(side != "direct", topic)
+                    busy, every = machine_cpu_seconds()
+                    machine[side].append((busy - busy_before) / gigabytes)
+                    idle[side].append(1 - (busy - busy_before) / (every - all_before))
+                    {"direct": direct, "plain": plain, "masked": through}[side].append(rate)
+                    if side == "masked":
+                        cpu.append((cpu_seconds(gateway.proc.pid) - gateway_before) / gigabytes)
                 print(f"{codec:5s} round {round_index}: direct {direct[-1]:7.1f} MB/s, through the gateway "
                       f"{plain[-1]:7.1f} MB/s without masking, {through[-1]:7.1f} MB/s with", flush=True)
             time.sleep(1.5)  # workers publish their counters about once a second
@@ -179,6 +188,8 @@ def main() -> int:
                               "unmasked_consume_mb_s": statistics.median(plain),
                               "unmasked_ratio": statistics.median(plain) / statistics.median(direct),
                               "gateway_cpu_s_per_gb": statistics.median(cpu),
+                              "machine_cpu_s_per_gb": {side: statistics.median(v) for side, v in machine.items()},
+                              "machine_idle": {side: statistics.median(v) for side, v in idle.items()},
                               "fields_masked": masked, "direct_runs": direct, "gateway_runs": through,
                               "unmasked_runs": plain}
         gateway.stop()
@@ -197,6 +208,12 @@ def main() -> int:
     for codec, r in results.items():
         print(f"{codec:6s}{r['direct_consume_mb_s']:14.1f}{r['unmasked_consume_mb_s']:15.1f}{r['unmasked_ratio']:8.3f}"
               f"{r['gateway_consume_mb_s']:14.1f}{r['consume_ratio']:8.3f}{r['gateway_cpu_s_per_gb']:11.2f}")
+    print(f"\n{'codec':6s}{'machine core-s/GB: direct':>27s}{'unmasked':>10s}{'masked':>8s}"
+          f"{'idle: direct':>14s}{'unmasked':>10s}{'masked':>8s}")
+    for codec, r in results.items():
+        m, i = r["machine_cpu_s_per_gb"], r["machine_idle"]
+        print(f"{codec:6s}{m['direct']:27.2f}{m['plain']:10.2f}{m['masked']:8.2f}"
+              f"{i['direct']:14.0%}{i['plain']:10.0%}{i['masked']:8.0%}")
     print(f"written to {out}")
     return 0
 
