@@ -76,7 +76,8 @@ class MaskerCache:
 
 
 def fetch_masking(body: dict[str, Any], version: int, view: PrincipalView, engine: Engine, cache: MaskerCache,
-                  name_of: Callable[[bytes], str | None], max_output: int, peer: str) -> FetchMasking | None:
+                  name_of: Callable[[bytes], str | None], max_output: int, peer: str,
+                  hold_counts: bool = False) -> FetchMasking | None:
     """How to mask the response to this Fetch, or None when none of its topics is masked."""
     maskers: dict[Any, tuple[str, Masker]] = {}
     for topic in body["topics"]:
@@ -89,7 +90,7 @@ def fetch_masking(body: dict[str, Any], version: int, view: PrincipalView, engin
             maskers[key] = (name, cache.masker(engine, tuple(names)))
     if not maskers:
         return None
-    return FetchMasking(maskers, version, cache, max_output, peer)
+    return FetchMasking(maskers, version, cache, max_output, peer, hold_counts=hold_counts)
 
 
 def share_fetch_masking(topic_ids: frozenset[bytes], version: int, view: PrincipalView, engine: Engine,
@@ -116,9 +117,9 @@ class UnexpectedTopic(WalkError):
 # Where the splice looks in a Fetch or ShareFetch response: each topic's key (a name before Fetch v13, an id
 # from Fetch v13 and in every ShareFetch), and each partition's index (its error code follows it in every
 # version of both) and records.
-_LOGS = ("responses.topic", "responses.topic_id", "responses.partitions.partition_index",
-         "responses.partitions.records")
-_TOPIC, _TOPIC_ID, _PARTITION, _RECORDS = range(len(_LOGS))
+RESPONSE_LOGS = ("responses.topic", "responses.topic_id", "responses.partitions.partition_index",
+                 "responses.partitions.records")
+TOPIC, TOPIC_ID, PARTITION, RECORDS = range(len(RESPONSE_LOGS))
 _FLEXIBLE_FROM = 12  # Fetch v12+: compact strings and records, tagged fields (ShareFetch: every version)
 _TOPIC_IDS_FROM = 13
 _NODE_ENDPOINTS_FROM = 16  # Fetch: a top-level tagged field; ShareFetch: a regular array in every version
@@ -152,10 +153,11 @@ class FetchMasking:
     """
 
     __slots__ = ("maskers", "version", "cache", "max_output", "peer", "api_key", "expected", "by_id", "flexible",
-                 "_marks", "_ahead")
+                 "_marks", "_ahead", "_held_counts")
 
     def __init__(self, maskers: dict[Any, tuple[str, Masker]], version: int, cache: MaskerCache, max_output: int,
-                 peer: str, api_key: int = FETCH, expected: frozenset[bytes] | None = None) -> None:
+                 peer: str, api_key: int = FETCH, expected: frozenset[bytes] | None = None,
+                 hold_counts: bool = False) -> None:
         self.maskers = maskers  # topic key (a name before Fetch v13, else an id) -> (topic name, masker)
         self.version = version
         self.cache = cache
@@ -168,6 +170,8 @@ class FetchMasking:
         self.flexible = share or version >= _FLEXIBLE_FROM
         self._marks = _SHARE_MARKS if share else ()
         self._ahead: dict[int, Any] = {}  # where a partition's records field starts -> what _mask gave for it
+        # With hold_counts (a read-ahead, which the client may never get): counts wait for commit_counts.
+        self._held_counts: list[tuple[str, dict[str, int]]] | None = [] if hold_counts else None
 
     def _outcome(self, name: str, partition: int, run: Callable[[], Any]) -> Any:
         """run() masks one partition's records: its MaskResult, counted, or None when they cannot be masked."""
@@ -179,8 +183,17 @@ class FetchMasking:
             self.cache.warn_emptied(self.peer, name, partition, str(exc))
             return None
         if result.changed:
-            self.cache.count(name, result.counts)
+            if self._held_counts is not None:
+                self._held_counts.append((name, result.counts))
+            else:
+                self.cache.count(name, result.counts)
         return result
+
+    def commit_counts(self) -> None:
+        """Count what was masked with hold_counts, now that the client gets it."""
+        for name, counts in self._held_counts or ():
+            self.cache.count(name, counts)
+        self._held_counts = None
 
     def _mask(self, name: str, partition: int, records: Any, masker: Masker) -> Any:
         """The masked records, records itself when nothing changed, or None when they cannot be masked."""
@@ -212,7 +225,7 @@ class FetchMasking:
         """Start masking the partitions whose records lie whole within the first ``received`` bytes of the frame,
         which is still arriving; what cannot be told yet (or at all) is left to splice, which walks the whole
         frame."""
-        plan = plan_for("response", self.api_key, self.version, self._marks, _LOGS)
+        plan = plan_for("response", self.api_key, self.version, self._marks, RESPONSE_LOGS)
         try:
             for _ in self._masked(memoryview(frame), plan.walk_logged(frame, received)[1], received, wait=False):
                 pass  # _masked keeps what it started and masked
@@ -222,7 +235,7 @@ class FetchMasking:
     def splice(self, frame: Any) -> list[Any] | None:
         """The masked response as chunks to write in order (size prefix first), or None when the frame needs
         the dict path (it carries leader hints, whose broker addresses are rewritten on the decoded body)."""
-        plan = plan_for("response", self.api_key, self.version, self._marks, _LOGS)
+        plan = plan_for("response", self.api_key, self.version, self._marks, RESPONSE_LOGS)
         marks, log = plan.walk_logged(frame)
         data = memoryview(frame)
         if self._has_leader_hints(data, marks, plan.tag_base):
@@ -271,19 +284,19 @@ class FetchMasking:
         unexpected: bytes | None = None
         partition_at = 0
         for code, at in log:
-            if code == _TOPIC_ID or code == _TOPIC:
+            if code == TOPIC_ID or code == TOPIC:
                 if at + 16 > received:
                     # The key may not be all in (a partial walk logs a field before reading it), and no
                     # partition's records can follow within 16 bytes of a topic key anyway.
                     break
-            if code == _TOPIC_ID:
+            if code == TOPIC_ID:
                 topic_id = bytes(data[at:at + 16])
                 entry = self.maskers.get(topic_id)
                 unexpected = topic_id if expected is not None and topic_id not in expected else None
-            elif code == _TOPIC:
+            elif code == TOPIC:
                 size, start = _extent(data, at, flexible, _INT16)
                 entry = self.maskers.get(bytes(data[start:start + size]).decode("utf-8", "replace"))
-            elif code == _PARTITION:
+            elif code == PARTITION:
                 partition_at = at
             elif unexpected is not None:
                 if at + 5 <= received and _extent(data, at, flexible, _INT32)[0] > 0:
@@ -395,6 +408,12 @@ def _extent(data: memoryview, at: int, flexible: bool, fixed: struct.Struct) -> 
         if not byte & 0x80:
             return value - 1, pos
         shift += 7
+
+
+def records_extent(data: memoryview, at: int, flexible: bool) -> tuple[int, int]:
+    """(size, where the bytes start) of the records (or, alike, compact string) field at ``at``; size -1 when
+    null."""
+    return _extent(data, at, flexible, _INT32)
 
 
 def _length(size: int, flexible: bool) -> bytes:
