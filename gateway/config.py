@@ -95,6 +95,8 @@ class Limits:
     # Threads per worker that mask the partitions of one Fetch response side by side (the masking kernel
     # and the codecs release the GIL). 0: all on the event loop's thread.
     mask_threads: int = 2
+    # Fetch and mask a consumer's next masked response while it reads this one (gateway/handlers/read_ahead.py).
+    read_ahead: bool = True
 
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
@@ -335,7 +337,9 @@ def _limits(node: _Node | None) -> Limits:
     for name in names:
         default = getattr(defaults, name)
         value = node.value(name, type(default), default)
-        if name == "mask_threads":
+        if type(default) is bool:
+            pass
+        elif name == "mask_threads":
             if not 0 <= value <= 64:
                 raise node.error("mask_threads must be 0 to 64")
         elif value <= 0:

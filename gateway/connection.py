@@ -39,6 +39,8 @@ from gateway.auth.principal import ANONYMOUS_SUBJECT, Principal
 from gateway.authz import Outcome, authorize
 from gateway.cluster import UnmappableNode
 from gateway.handlers import addresses, apiversions, masking, produce_masking, sasl
+from gateway.handlers.read_ahead import ReadAhead, same_fetch
+from gateway.handlers.read_ahead import predict as predict_fetch
 from gateway.handlers.share_sessions import ShareSessionError, ShareSessions
 from gateway.policy.snapshot import ViewHolder
 from gateway.protocol import codec
@@ -68,6 +70,7 @@ log = logging.getLogger("streamward.connection")
 AUTHENTICATING, CONNECTING, READY, DRAINING, CLOSED = range(5)
 
 _INT32 = struct.Struct(">i")
+READ_AHEAD_KEEP_S = 5.0  # how long a read-ahead response waits for the client's Fetch before it is dropped
 _RECORD_READS = (FETCH, SHARE_FETCH)  # the APIs whose answers carry records, checked again on delivery
 _NODE_ENDPOINTS_TAG = 0  # ProduceResponse v10+ and FetchResponse v16+ top-level tagged field
 
@@ -190,6 +193,11 @@ class ClientConnection(asyncio.Protocol):
         self.last_active = 0.0
         self.reading_paused_for_inflight = False
         self.close_reason: str | None = None
+        # Masked Fetches forwarded as the client sent them, by correlation id: (version, body, client id,
+        # delivery), what a read-ahead after their response would build on.
+        self.fetches_asked: dict[int, tuple[int, dict[str, Any], str | None, _Delivery]] = {}
+        self.read_ahead: ReadAhead | None = None  # the Fetch the gateway sent ahead of the client, if any
+        self.read_ahead_ids = 0  # its correlation ids count down from -1, apart from the client's
 
     # -- asyncio.Protocol: client side --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -327,7 +335,28 @@ class ClientConnection(asyncio.Protocol):
                 elif api_key == FETCH and version >= 7:
                     frame = _sessionless(frame, version)
                 if api_key == FETCH:
-                    fix = _then(fix, self._fetch_masking(body, version))
+                    masked = self._fetch_masking(body, version)
+                    fix = _then(fix, masked)
+                    if outcome is None and masked is not None and self.ctx.config.limits.read_ahead:
+                        ahead, self.read_ahead = self.read_ahead, None
+                        if ahead is not None and not ahead.arrived.done():
+                            # The broker answers a read-ahead at once: decide this Fetch when it has.
+                            self.read_ahead = ahead
+                            self._flush_forward(forward)
+                            self._defer(frames[index:], ahead.arrived)
+                            return
+                        if ahead is not None:
+                            if self._read_ahead_answers(ahead, body, view):
+                                self._flush_forward(forward)
+                                forward = []
+                                self._answer_from(ahead, correlation_id)
+                                continue
+                            self.ctx.read_ahead_dropped_total += 1
+                        client_id = codec.parse_request_header(frame)[3]
+                        assert view is not None
+                        self.fetches_asked[correlation_id] = (version, body, client_id, _Delivery(
+                            tuple(self.request_grants), view, tuple(
+                                topic["topic_id"] if version >= 13 else topic["topic"] for topic in body["topics"])))
                 elif api_key == SHARE_FETCH:
                     shared = self._share_fetch_masking(body, version)
                     fix = _then(fix, shared)
@@ -646,6 +675,7 @@ class ClientConnection(asyncio.Protocol):
             return
         inflight = self.inflight
         out: list[Any] = []
+        read_from = None  # (what a masked Fetch asked, its response) when a read-ahead may follow it
         for index, (frame, correlation_id) in enumerate(frames):
             while inflight and inflight[0][3] is not None:
                 out.append(inflight.popleft()[3])
@@ -656,6 +686,17 @@ class ClientConnection(asyncio.Protocol):
             if correlation_id != expected:
                 self.close(f"broker answered correlation id {correlation_id}, expected {expected}")
                 return
+            ahead = self.read_ahead
+            if ahead is not None and fix is ahead.masking:
+                # The gateway's own Fetch: kept for the client's next one, not sent.
+                try:
+                    ahead.keep(ahead.masking.splice(frame), frame)
+                except WalkError as exc:
+                    self.close(f"cannot mask a read-ahead Fetch response: {exc}")
+                    return
+                self.ctx.loop.call_later(READ_AHEAD_KEEP_S, self._drop_read_ahead, ahead)
+                continue
+            asked = self.fetches_asked.pop(expected, None) if self.fetches_asked else None
             if delivery is not None:
                 # A long poll answered after a grant ended, or after a policy change that refuses or masks its
                 # topics differently, must not deliver: close instead (the client fetches again, and is decided
@@ -672,6 +713,8 @@ class ClientConnection(asyncio.Protocol):
                     return
                 if spliced is not None:
                     out += spliced
+                    if asked is not None:
+                        read_from = (asked, frame)
                     continue
             rewrite = RESPONSE_REWRITES.get(api_key)
             if fix is not None or (rewrite is not None and version >= rewrite[0]):
@@ -690,6 +733,9 @@ class ClientConnection(asyncio.Protocol):
             out.append(inflight.popleft()[3])
         if self.transport is not None:
             self.transport.writelines(out)
+        if read_from is not None:
+            (version, body, client_id, delivery), frame = read_from
+            self._start_read_ahead(version, body, client_id, delivery, frame)
         if self.reading_paused_for_inflight and len(inflight) < self.ctx.config.limits.max_inflight // 2:
             self.reading_paused_for_inflight = False
             if self.state == READY and self.transport is not None and self.deferred is None:
@@ -720,6 +766,56 @@ class ClientConnection(asyncio.Protocol):
                 self.fresh_response_topics = False
 
         self.ctx.loop.create_task(run())
+
+    # -- read-ahead (gateway/handlers/read_ahead.py) --------------------------------------------------------
+    def _start_read_ahead(self, version: int, body: dict[str, Any], client_id: str | None, delivery: _Delivery,
+                          frame: Any) -> None:
+        """Send the broker the Fetch the client will most likely send next, when the response to ``body`` shows a
+        backlog and nothing else is in flight."""
+        if self.inflight or self.read_ahead is not None or self.state != READY or self.deferred is not None or \
+                self.upstream is None:
+            return
+        predicted = predict_fetch(body, version, frame)
+        if predicted is None:
+            return
+        if version >= 7:
+            predicted.update(session_id=0, session_epoch=-1)
+        masked = masking.fetch_masking(predicted, version, delivery.view, self.ctx.policy.engine(), self.ctx.maskers,
+                                       self.ctx.cluster.name_of, self.ctx.config.limits.max_response_bytes,
+                                       self.peer, hold_counts=True)
+        if masked is None:
+            return
+        self.read_ahead_ids -= 1
+        correlation_id = self.read_ahead_ids
+        self.read_ahead = ReadAhead(correlation_id, version, predicted, masked, delivery, client_id,
+                                    self.ctx.loop.create_future())
+        self.inflight.append((correlation_id, FETCH, version, None, masked, None))
+        self.upstream.write([codec.encode_request_frame(FETCH, version, correlation_id, client_id, predicted)])
+
+    def _drop_read_ahead(self, ahead: ReadAhead) -> None:
+        """A read-ahead the client has not asked for in READ_AHEAD_KEEP_S: its records may be older than the
+        broker would still serve (retention), and its memory is the client's whole fetch size."""
+        if self.read_ahead is ahead:
+            self.read_ahead = None
+            self.ctx.read_ahead_dropped_total += 1
+
+    def _read_ahead_answers(self, ahead: ReadAhead, body: dict[str, Any], view: Any) -> bool:
+        """Whether the kept read-ahead answers this Fetch: asked exactly, holding records, under the same policy
+        view and grants still in force."""
+        if ahead.chunks is None or not ahead.has_records or not same_fetch(body, ahead.body):
+            return False
+        delivery = ahead.delivery
+        return delivery.view is view and not (delivery.grants and self._ended_grant(delivery.grants) is not None)
+
+    def _answer_from(self, ahead: ReadAhead, correlation_id: int) -> None:
+        """Answer the client's Fetch with the kept read-ahead, then read ahead of that in turn."""
+        self.ctx.read_ahead_answered_total += 1
+        chunks = ahead.answer(correlation_id)
+        if self.inflight:
+            self._answer(correlation_id, b"".join(chunks))
+        elif self.transport is not None:
+            self.transport.writelines(chunks)
+        self._start_read_ahead(ahead.version, ahead.body, ahead.client_id, ahead.delivery, ahead.frame)
 
     def upstream_progress(self, frame: bytearray, received: int) -> None:
         """The first ``received`` bytes of a large response are in: a masked Fetch's masking runs ahead on them."""
@@ -778,6 +874,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self.state = CLOSED
         self.close_reason = reason
+        if self.read_ahead is not None and not self.read_ahead.arrived.done():
+            self.read_ahead.arrived.set_result(None)  # a Fetch deferred behind it is dropped with the connection
         if not quiet:
             log.info("%s: closing connection: %s", self.peer, reason)
         if self.expiry is not None:

@@ -16,7 +16,8 @@ import orjson
 log = logging.getLogger("streamward.stats")
 
 FIELDS = ("pid", "serving", "connections_open", "connections_total", "requests_total", "refused_total",
-          "denied_total", "upstream_connects_total", "auth_failures_total", "heartbeat_ms")
+          "denied_total", "upstream_connects_total", "auth_failures_total", "read_ahead_answered_total",
+          "read_ahead_dropped_total", "heartbeat_ms")
 _SLOT = len(FIELDS)
 
 # Labelled counters (fields masked per topic and rule, ...) vary in their labels, so each worker also

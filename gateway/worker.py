@@ -94,6 +94,8 @@ class WorkerContext:
         self.denied_total = 0
         self.upstream_connects_total = 0
         self.auth_failures_total = 0
+        self.read_ahead_answered_total = 0  # client Fetches answered with what the gateway had read ahead
+        self.read_ahead_dropped_total = 0  # read-aheads no Fetch of the client asked for, or not in time to use
         self.discover: Callable[[], Awaitable[bool]] = _never_discovered  # set by the Worker
         # Just-in-time access: the supervisor's grant table, where refusals that need approval go, and
         # the clock grants are timed by (injectable: tests move it instead of sleeping).
@@ -358,6 +360,8 @@ class Worker:
                          connections_total=ctx.connections_total, requests_total=ctx.requests_total,
                          refused_total=ctx.refused_total, denied_total=ctx.denied_total,
                          upstream_connects_total=ctx.upstream_connects_total,
-                         auth_failures_total=ctx.auth_failures_total, heartbeat_ms=int(time.time() * 1000))
+                         auth_failures_total=ctx.auth_failures_total,
+                         read_ahead_answered_total=ctx.read_ahead_answered_total,
+                         read_ahead_dropped_total=ctx.read_ahead_dropped_total, heartbeat_ms=int(time.time() * 1000))
         if ctx.maskers.counts:
             self.stats.write_labelled(self.slot, {"masked_fields_total": dict(ctx.maskers.counts)})

@@ -82,20 +82,21 @@ def produce_direct(kafka_cluster, topic: str, compression: str) -> dict[int, int
     return offsets
 
 
-def consume_as_analyst(gateway, idp, topic: str) -> list:
-    """The N records of topic, read through the gateway by librdkafka as the masked reader, CRCs checked."""
+def consume_as_analyst(gateway, idp, topic: str, count: int = N, **settings) -> list:
+    """The ``count`` records of topic, read through the gateway by librdkafka as the masked reader, CRCs
+    checked; ``settings`` are further librdkafka settings."""
     consumer = Consumer({"bootstrap.servers": gateway.bootstrap, "group.id": f"g-{uuid.uuid4().hex[:6]}",
                          "auto.offset.reset": "earliest", "check.crcs": True,
-                         **librdkafka_settings(idp.token_endpoint, "analyst")})
+                         **librdkafka_settings(idp.token_endpoint, "analyst"), **settings})
     consumer.subscribe([topic])
     received = []
     deadline = time.monotonic() + 60
-    while len(received) < N and time.monotonic() < deadline:
+    while len(received) < count and time.monotonic() < deadline:
         for message in consumer.consume(500, timeout=0.5):
             assert message.error() is None, message.error()
             received.append(message)
     consumer.close()
-    assert len(received) == N
+    assert len(received) == count
     return received
 
 
