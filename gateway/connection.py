@@ -29,6 +29,7 @@ import asyncio
 import logging
 import struct
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -70,7 +71,6 @@ log = logging.getLogger("streamward.connection")
 AUTHENTICATING, CONNECTING, READY, DRAINING, CLOSED = range(5)
 
 _INT32 = struct.Struct(">i")
-READ_AHEAD_KEEP_S = 5.0  # how long a read-ahead response waits for the client's Fetch before it is dropped
 _RECORD_READS = (FETCH, SHARE_FETCH)  # the APIs whose answers carry records, checked again on delivery
 _NODE_ENDPOINTS_TAG = 0  # ProduceResponse v10+ and FetchResponse v16+ top-level tagged field
 
@@ -690,11 +690,10 @@ class ClientConnection(asyncio.Protocol):
             if ahead is not None and fix is ahead.masking:
                 # The gateway's own Fetch: kept for the client's next one, not sent.
                 try:
-                    ahead.keep(ahead.masking.splice(frame), frame)
+                    ahead.keep(ahead.masking.splice(frame), frame, self.ctx.loop, self._drop_read_ahead)
                 except WalkError as exc:
                     self.close(f"cannot mask a read-ahead Fetch response: {exc}")
                     return
-                self.ctx.loop.call_later(READ_AHEAD_KEEP_S, self._drop_read_ahead, ahead)
                 continue
             asked = self.fetches_asked.pop(expected, None) if self.fetches_asked else None
             if delivery is not None:
@@ -792,10 +791,10 @@ class ClientConnection(asyncio.Protocol):
         self.inflight.append((correlation_id, FETCH, version, None, masked, None))
         self.upstream.write([codec.encode_request_frame(FETCH, version, correlation_id, client_id, predicted)])
 
-    def _drop_read_ahead(self, ahead: ReadAhead) -> None:
-        """A read-ahead the client has not asked for in READ_AHEAD_KEEP_S: its records may be older than the
+    def _drop_read_ahead(self, kept: weakref.ref[ReadAhead]) -> None:
+        """A read-ahead the client has not asked for in read_ahead.KEEP_S: its records may be older than the
         broker would still serve (retention), and its memory is the client's whole fetch size."""
-        if self.read_ahead is ahead:
+        if self.read_ahead is not None and self.read_ahead is kept():
             self.read_ahead = None
             self.ctx.read_ahead_dropped_total += 1
 

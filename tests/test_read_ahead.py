@@ -11,14 +11,18 @@ counts count only what clients received; a policy published meanwhile drops the 
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import re
 import time
 import uuid
+import weakref
 
 import pytest
 from confluent_kafka import Producer
 
 from gateway.dev.process import ALLOW_ALL
+from gateway.handlers import read_ahead
 from gateway.handlers.masking import MaskerCache, fetch_masking
 from gateway.handlers.read_ahead import ReadAhead, predict, same_fetch
 from gateway.policy.engine import Engine
@@ -123,19 +127,36 @@ def test_an_answer_from_read_ahead_is_the_spliced_response_under_the_clients_cor
                         {TOPIC_ID: TOPIC}.get, 1 << 20, "test", hold_counts=True)
     spliced = b"".join(fix.splice(frame))
     assert (spliced != frame) is masked and not fix.cache.counts  # held back until the client gets it
-    ahead = ReadAhead(-1, 13, {}, fix, None, "c", FakeFuture())
-    ahead.keep(fix.splice(frame), frame)
-    answer = b"".join(ahead.answer(4242))
+    loop = asyncio.new_event_loop()
+    try:
+        ahead = ReadAhead(-1, 13, {}, fix, None, "c", loop.create_future())
+        ahead.keep(fix.splice(frame), frame, loop, lambda kept: None)
+        answer = b"".join(ahead.answer(4242))
+    finally:
+        loop.close()
     assert codec.decode_response_frame(FETCH, 13, answer) == (4242, codec.decode_response_frame(FETCH, 13, spliced)[1])
     assert bool(fix.cache.counts) is masked
 
 
-class FakeFuture:
-    def done(self) -> bool:
-        return False
-
-    def set_result(self, _: object) -> None:
-        pass
+def test_a_kept_read_ahead_is_not_held_by_the_timer_that_would_drop_it(monkeypatch):
+    """A fast reader takes a read-ahead every few milliseconds, each with a timer pending for KEEP_S: were the
+    timers to hold them, the worker would hold seconds' worth of whole fetch responses (measured end to end: a
+    masked read at half the speed, with three times the CPU)."""
+    monkeypatch.setattr(read_ahead, "KEEP_S", 0.001)
+    loop = asyncio.new_event_loop()
+    expired = []
+    try:
+        frame = response(13, [(0, 0, records_at(0, 5))])
+        ahead = ReadAhead(-1, 13, {}, None, None, "c", loop.create_future())
+        ahead.keep([frame], frame, loop, expired.append)
+        kept = weakref.ref(ahead)
+        del ahead
+        gc.collect()
+        assert kept() is None and not expired  # gone while its timer is still pending
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert [ref() for ref in expired] == [None]  # the timer ran, and found nothing to drop
+    finally:
+        loop.close()
 
 
 # --- through the gateway -------------------------------------------------------------------------------------------

@@ -26,12 +26,15 @@ How, per client connection:
 from __future__ import annotations
 
 import struct
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from gateway.handlers.masking import PARTITION, RECORDS, RESPONSE_LOGS, TOPIC, TOPIC_ID, FetchMasking, records_extent
 from gateway.protocol.apis import FETCH
 from gateway.protocol.walkplan import plan_for
 
+KEEP_S = 5.0  # how long a read-ahead response waits for the client's Fetch before it is dropped
 _BATCH_HEAD = struct.Struct(">qii")  # base offset, length of the rest, partition leader epoch
 _LAST_OFFSET_DELTA_AT = 23
 _MAGIC_AT = 16
@@ -49,8 +52,10 @@ _NOT_COMPARED = frozenset(("session_id", "session_epoch", "max_wait_ms", "min_by
 class ReadAhead:
     """One read-ahead Fetch of a connection: sent, then (``arrived``) its response masked and kept as chunks."""
 
+    # __weakref__: the timer that drops an unasked read-ahead holds it weakly, so that the timers pending for a
+    # fast reader's Fetches (one each) never hold their buffers (the client's whole fetch size, twice, each).
     __slots__ = ("correlation_id", "version", "body", "masking", "delivery", "client_id", "arrived", "chunks",
-                 "frame", "has_records")
+                 "frame", "has_records", "__weakref__")
 
     def __init__(self, correlation_id: int, version: int, body: dict[str, Any], masking: FetchMasking,
                  delivery: Any, client_id: str | None, arrived: Any) -> None:
@@ -65,11 +70,14 @@ class ReadAhead:
         self.frame: Any = None  # the response as the broker sent it, which the next read-ahead builds on
         self.has_records = False
 
-    def keep(self, chunks: list[Any] | None, frame: Any) -> None:
-        """The masked response as spliced (None: unusable, e.g. it carries leader hints)."""
+    def keep(self, chunks: list[Any] | None, frame: Any, loop: Any,
+             on_expiry: Callable[[weakref.ref[ReadAhead]], None]) -> None:
+        """The masked response as spliced (None: unusable, e.g. it carries leader hints); unless a Fetch of the
+        client takes it first, ``on_expiry`` is called with a weak reference to it after KEEP_S."""
         self.chunks = chunks
         self.frame = frame
         self.has_records = chunks is not None and _holds_records(frame, self.version)
+        loop.call_later(KEEP_S, on_expiry, weakref.ref(self))
         if not self.arrived.done():
             self.arrived.set_result(None)
 
