@@ -180,8 +180,13 @@ def main() -> int:
                 print(f"{codec:5s} round {round_index}: direct {direct[-1]:7.1f} MB/s, through the gateway "
                       f"{plain[-1]:7.1f} MB/s without masking, {through[-1]:7.1f} MB/s with", flush=True)
             time.sleep(1.5)  # workers publish their counters about once a second
-            masked = sum(int(line.rsplit(" ", 1)[1]) for line in gateway.metrics().splitlines()
+            metrics = gateway.metrics().splitlines()
+            masked = sum(int(line.rsplit(" ", 1)[1]) for line in metrics
                          if line.startswith("streamward_masked_fields_total{") and f'topic="{topic}"' in line)
+            # Over the gateway's life so far (every codec before this one included).
+            read_ahead = {kind: sum(int(line.rsplit(" ", 1)[1]) for line in metrics
+                                    if line.startswith(f"streamward_read_ahead_{kind}_total{{"))
+                          for kind in ("answered", "dropped")}
             results[codec] = {"direct_consume_mb_s": statistics.median(direct),
                               "gateway_consume_mb_s": statistics.median(through),
                               "consume_ratio": statistics.median(through) / statistics.median(direct),
@@ -190,7 +195,8 @@ def main() -> int:
                               "gateway_cpu_s_per_gb": statistics.median(cpu),
                               "machine_cpu_s_per_gb": {side: statistics.median(v) for side, v in machine.items()},
                               "machine_idle": {side: statistics.median(v) for side, v in idle.items()},
-                              "fields_masked": masked, "direct_runs": direct, "gateway_runs": through,
+                              "fields_masked": masked, "read_ahead_so_far": read_ahead,
+                              "direct_runs": direct, "gateway_runs": through,
                               "unmasked_runs": plain}
         gateway.stop()
     finally:
