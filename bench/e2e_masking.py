@@ -120,6 +120,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--client", choices=("java", "librdkafka"), default="java")
     parser.add_argument("--mask-threads", type=int, default=None, help="the gateway's limits.mask_threads")
+    parser.add_argument("--read-ahead", choices=("on", "off"), default="on", help="the gateway's limits.read_ahead")
     args = parser.parse_args()
 
     lib = ensure_jars()
@@ -129,8 +130,9 @@ def main() -> int:
     direct_config = work / "direct.properties"
     cluster.write_client_config("admin", direct_config)
     idp, overrides, gateway_config, gateway_jvm = oauth_clients(work)
+    overrides["limits"] = {"read_ahead": args.read_ahead == "on"}
     if args.mask_threads is not None:
-        overrides["limits"] = {"mask_threads": args.mask_threads}
+        overrides["limits"]["mask_threads"] = args.mask_threads
     payloads = work / "payloads.txt"
     value_size = payload_file(payloads)
     results: dict[str, dict] = {}
@@ -204,7 +206,8 @@ def main() -> int:
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)  # about 1 GB of topic data: a run must not leave it behind
     summary = {"records": args.records, "value_bytes": value_size, "rounds": args.rounds, "workers": args.workers,
-               "client": args.client, "codecs": results,
+               "client": args.client, "read_ahead": args.read_ahead, "mask_threads": args.mask_threads,
+               "codecs": results,
                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = REPO / "bench" / "results" / ("e2e_masking.json" if args.client == "java" else "e2e_masking_librdkafka.json")
     out.parent.mkdir(parents=True, exist_ok=True)
