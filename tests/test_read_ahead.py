@@ -29,7 +29,7 @@ from gateway.policy.engine import Engine
 from gateway.policy.loader import load_policies
 from gateway.protocol import codec
 from gateway.protocol.apis import FETCH
-from tests.masking_data import admin_client_config, batch, fetch_body, leaders, record
+from tests.masking_data import admin_client_config, batch, fetch_body, leaders, read_ahead_counters, record
 from tests.test_masking_gateway import CARD, EMAIL, MASKING_POLICY, consume_as_analyst
 from tests.test_masking_gateway import record as sample_record
 
@@ -97,10 +97,15 @@ def test_no_read_ahead_without_a_backlog_after_an_error_or_past_a_legacy_batch(v
                    response(version, [(0, 0, bytes(legacy))])) is None
 
 
-def test_the_same_fetch_differs_only_in_session_and_waiting():
+def test_the_same_fetch_differs_only_in_session_waiting_and_the_order_of_its_partitions():
     asked = request(13, {0: 48, 1: 7})
     expected = {**asked, "max_wait_ms": 0, "min_bytes": 0, "session_id": 0, "session_epoch": -1}
     assert same_fetch({**asked, "max_wait_ms": 500, "min_bytes": 1, "session_epoch": 0}, expected)
+    [topic] = asked["topics"]
+    rotated = {**asked, "topics": [{**topic, "partitions": topic["partitions"][::-1]}]}
+    assert same_fetch(rotated, expected)  # clients rotate partitions that returned records to the end
+    twice = {**asked, "topics": [{**topic, "partitions": topic["partitions"] * 2}]}
+    assert not same_fetch(twice, {**expected, "topics": twice["topics"]})
     for change in ({"isolation_level": 1}, {"max_bytes": 1}, {"rack_id": "r1"}):
         assert not same_fetch({**asked, **change}, expected), change
     moved = request(13, {0: 49, 1: 7})
@@ -180,14 +185,6 @@ def produce_small_batches(kafka_cluster, topic: str) -> None:
         key, value, headers = sample_record(i)
         producer.produce(topic, key=key, value=value, headers=headers)
     assert producer.flush(30) == 0
-
-
-def read_ahead_counters(gateway) -> tuple[int, int]:
-    """(answered, dropped) summed over the workers, once their counters have been published."""
-    time.sleep(1.5)  # workers publish about once a second
-    text = gateway.metrics()
-    return tuple(sum(int(n) for n in re.findall(rf"^streamward_read_ahead_{kind}_total{{[^}}]*}} (\d+)$", text, re.M))
-                 for kind in ("answered", "dropped"))
 
 
 def masked_fields(gateway, topic: str) -> int:

@@ -94,9 +94,25 @@ class ReadAhead:
 
 
 def same_fetch(asked: dict[str, Any], expected: dict[str, Any]) -> bool:
-    """Whether the client's Fetch asks what the read-ahead asked, as far as the broker's answer goes."""
-    return all(asked.get(key) == value for key, value in expected.items() if key not in _NOT_COMPARED) and \
-        all(key in expected for key in asked if key not in _NOT_COMPARED)
+    """Whether the client's Fetch asks what the read-ahead asked, as far as the broker's answer goes, in
+    whatever order it lists its partitions: clients rotate them from one Fetch to the next (Java's and
+    librdkafka's move those that just returned records to the end), so that a full response does not always
+    favour the same ones. The read-ahead's answer keeps its own order, which every client reads by topic and
+    partition."""
+    keys = (asked.keys() | expected.keys()) - _NOT_COMPARED - {"topics"}
+    partitions = _by_partition(asked["topics"])
+    return all(asked.get(key) == expected.get(key) for key in keys) and partitions is not None and \
+        partitions == _by_partition(expected["topics"])
+
+
+def _by_partition(topics: list[dict[str, Any]]) -> dict[tuple[Any, int], dict[str, Any]] | None:
+    """{(topic name or id, partition): its fields}, or None when a partition is listed twice (never the same)."""
+    out = {}
+    for topic in topics:
+        key = topic.get("topic_id", topic.get("topic"))
+        for partition in topic["partitions"]:
+            out[key, partition["partition"]] = partition
+    return out if len(out) == sum(len(topic["partitions"]) for topic in topics) else None
 
 
 def predict(body: dict[str, Any], version: int, frame: Any) -> dict[str, Any] | None:
