@@ -459,6 +459,14 @@ def fetch_body(topic: str, partitions: Sequence[int], *, isolation_level: int = 
             "forgotten_topics_data": [], "rack_id": ""}
 
 
+def read_ahead_counters(gateway) -> tuple[int, int]:
+    """(answered, dropped): the gateway's read-ahead counters summed over its workers, once published."""
+    time.sleep(1.5)  # workers publish their counters about once a second
+    text = gateway.metrics()
+    return tuple(sum(int(n) for n in re.findall(rf"^streamward_read_ahead_{kind}_total{{[^}}]*}} (\d+)$", text, re.M))
+                 for kind in ("answered", "dropped"))
+
+
 def admin_client_config(kafka_cluster, **extra) -> dict:
     """confluent-kafka settings to reach the brokers directly as the cluster's admin (a super user)."""
     return {"bootstrap.servers": kafka_cluster.bootstrap, "security.protocol": "SASL_PLAINTEXT",
