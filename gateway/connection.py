@@ -39,9 +39,8 @@ from gateway.approvals import access
 from gateway.auth.principal import ANONYMOUS_SUBJECT, Principal
 from gateway.authz import Outcome, authorize
 from gateway.cluster import UnmappableNode
-from gateway.handlers import addresses, apiversions, masking, produce_masking, sasl
+from gateway.handlers import addresses, apiversions, masking, produce_masking, read_ahead, sasl
 from gateway.handlers.read_ahead import ReadAhead, same_fetch
-from gateway.handlers.read_ahead import predict as predict_fetch
 from gateway.handlers.share_sessions import ShareSessionError, ShareSessions
 from gateway.policy.snapshot import ViewHolder
 from gateway.protocol import codec
@@ -193,9 +192,9 @@ class ClientConnection(asyncio.Protocol):
         self.last_active = 0.0
         self.reading_paused_for_inflight = False
         self.close_reason: str | None = None
-        # Masked Fetches forwarded as the client sent them, by correlation id: (version, body, client id,
-        # delivery), what a read-ahead after their response would build on.
-        self.fetches_asked: dict[int, tuple[int, dict[str, Any], str | None, _Delivery]] = {}
+        # Masked Fetches forwarded as the client sent them, by correlation id: (version, body, client id), what a
+        # read-ahead after their response would build on.
+        self.fetches_asked: dict[int, tuple[int, dict[str, Any], str | None]] = {}
         self.read_ahead: ReadAhead | None = None  # the Fetch the gateway sent ahead of the client, if any
         self.read_ahead_ids = 0  # its correlation ids count down from -1, apart from the client's
 
@@ -301,6 +300,7 @@ class ClientConnection(asyncio.Protocol):
         for index, (frame, api_key, version, correlation_id) in enumerate(frames):
             versions = allowed.get(api_key)
             fix = None
+            read_ahead_basis = False  # a masked Fetch as the client sent it, which a read-ahead may follow
             self.request_grants = []
             try:
                 if versions is None or not versions[0] <= version <= versions[1]:
@@ -352,11 +352,7 @@ class ClientConnection(asyncio.Protocol):
                                 self._answer_from(ahead, correlation_id)
                                 continue
                             self.ctx.read_ahead_dropped_total += 1
-                        client_id = codec.parse_request_header(frame)[3]
-                        assert view is not None
-                        self.fetches_asked[correlation_id] = (version, body, client_id, _Delivery(
-                            tuple(self.request_grants), view, tuple(
-                                topic["topic_id"] if version >= 13 else topic["topic"] for topic in body["topics"])))
+                        read_ahead_basis = True
                 elif api_key == SHARE_FETCH:
                     shared = self._share_fetch_masking(body, version)
                     fix = _then(fix, shared)
@@ -389,6 +385,8 @@ class ClientConnection(asyncio.Protocol):
                 if api_key == FETCH:
                     delivery = _Delivery(tuple(self.request_grants), view, tuple(
                         topic["topic_id"] if version >= 13 else topic["topic"] for topic in body["topics"]))
+                    if read_ahead_basis:
+                        self.fetches_asked[correlation_id] = (version, body, codec.parse_request_header(frame)[3])
                 elif api_key == SHARE_FETCH:
                     delivery = _Delivery(tuple(self.request_grants), view, tuple(shared.expected or ()))
                 elif self.request_grants:
@@ -696,6 +694,8 @@ class ClientConnection(asyncio.Protocol):
                     return
                 continue
             asked = self.fetches_asked.pop(expected, None) if self.fetches_asked else None
+            if asked is not None:
+                asked = (*asked, delivery)
             if delivery is not None:
                 # A long poll answered after a grant ended, or after a policy change that refuses or masks its
                 # topics differently, must not deliver: close instead (the client fetches again, and is decided
@@ -734,7 +734,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.writelines(out)
         if read_from is not None:
             (version, body, client_id, delivery), frame = read_from
-            self._start_read_ahead(version, body, client_id, delivery, frame)
+            self._start_read_ahead(version, body, client_id, delivery, read_ahead.read(frame, version))
         if self.reading_paused_for_inflight and len(inflight) < self.ctx.config.limits.max_inflight // 2:
             self.reading_paused_for_inflight = False
             if self.state == READY and self.transport is not None and self.deferred is None:
@@ -768,13 +768,13 @@ class ClientConnection(asyncio.Protocol):
 
     # -- read-ahead (gateway/handlers/read_ahead.py) --------------------------------------------------------
     def _start_read_ahead(self, version: int, body: dict[str, Any], client_id: str | None, delivery: _Delivery,
-                          frame: Any) -> None:
+                          response: read_ahead.Read) -> None:
         """Send the broker the Fetch the client will most likely send next, when the response to ``body`` shows a
         backlog and nothing else is in flight."""
         if self.inflight or self.read_ahead is not None or self.state != READY or self.deferred is not None or \
                 self.upstream is None:
             return
-        predicted = predict_fetch(body, version, frame)
+        predicted = read_ahead.predict(body, version, response)
         if predicted is None:
             return
         if version >= 7:
@@ -801,7 +801,7 @@ class ClientConnection(asyncio.Protocol):
     def _read_ahead_answers(self, ahead: ReadAhead, body: dict[str, Any], view: Any) -> bool:
         """Whether the kept read-ahead answers this Fetch: asked exactly, holding records, under the same policy
         view and grants still in force."""
-        if ahead.chunks is None or not ahead.has_records or not same_fetch(body, ahead.body):
+        if ahead.chunks is None or not ahead.read.has_records or not same_fetch(body, ahead.body):
             return False
         delivery = ahead.delivery
         return delivery.view is view and not (delivery.grants and self._ended_grant(delivery.grants) is not None)
@@ -814,7 +814,7 @@ class ClientConnection(asyncio.Protocol):
             self._answer(correlation_id, b"".join(chunks))
         elif self.transport is not None:
             self.transport.writelines(chunks)
-        self._start_read_ahead(ahead.version, ahead.body, ahead.client_id, ahead.delivery, ahead.frame)
+        self._start_read_ahead(ahead.version, ahead.body, ahead.client_id, ahead.delivery, ahead.read)
 
     def upstream_progress(self, frame: bytearray, received: int) -> None:
         """The first ``received`` bytes of a large response are in: a masked Fetch's masking runs ahead on them."""

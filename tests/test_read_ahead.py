@@ -24,7 +24,7 @@ from confluent_kafka import Producer
 from gateway.dev.process import ALLOW_ALL
 from gateway.handlers import read_ahead
 from gateway.handlers.masking import MaskerCache, fetch_masking
-from gateway.handlers.read_ahead import ReadAhead, predict, same_fetch
+from gateway.handlers.read_ahead import ReadAhead, predict, read, same_fetch
 from gateway.policy.engine import Engine
 from gateway.policy.loader import load_policies
 from gateway.protocol import codec
@@ -73,28 +73,40 @@ def test_the_next_fetch_starts_after_the_last_whole_batch_of_each_partition(vers
     partition 1 returned nothing and stays; max_wait_ms is 0 (the broker answers at once)."""
     whole = records_at(40, 5) + records_at(45, 3)
     frame = response(version, [(0, 0, whole + records_at(48, 9)[:30]), (1, 0, b"")])
-    predicted = predict(request(version, {0: 40, 1: 7}, max_bytes=len(whole)), version, frame)
+    predicted = predict(request(version, {0: 40, 1: 7}, max_bytes=len(whole)), version, read(frame, version))
     assert predicted is not None and predicted["max_wait_ms"] == 0
     offsets = {p["partition"]: (p["fetch_offset"], p["last_fetched_epoch"])
                for p in predicted["topics"][0]["partitions"]}
     assert offsets == {0: (48, -1), 1: (7, -1)}  # a client that sends no last fetched epoch gets none
-    with_epochs = predict(request(version, {0: 40, 1: 7}, max_bytes=len(whole), epoch=2), version, frame)
+    with_epochs = predict(request(version, {0: 40, 1: 7}, max_bytes=len(whole), epoch=2), version,
+                          read(frame, version))
     assert {p["partition"]: p["last_fetched_epoch"] for p in with_epochs["topics"][0]["partitions"]} == {0: 3, 1: 2}
 
 
 @pytest.mark.parametrize("version", [12, 13])
 def test_no_read_ahead_without_a_backlog_after_an_error_or_past_a_legacy_batch(version):
     records = records_at(0, 5)
+    # Under half of what it may return: no backlog.
     assert predict(request(version, {0: 0}, max_bytes=len(records) * 2 + 2), version,
-                   response(version, [(0, 0, records)])) is None  # under half of what it may return: no backlog
+                   read(response(version, [(0, 0, records)]), version)) is None
     assert predict(request(version, {0: 0}, max_bytes=len(records)), version,
-                   response(version, [(0, 0, records)])) is not None
+                   read(response(version, [(0, 0, records)]), version)) is not None
     assert predict(request(version, {0: 0, 1: 0}, max_bytes=len(records)), version,
-                   response(version, [(0, 0, records), (1, 6, None)])) is None  # NOT_LEADER_OR_FOLLOWER
+                   read(response(version, [(0, 0, records), (1, 6, None)]), version)) is None  # NOT_LEADER_OR_FOLLOWER
     legacy = bytearray(records)
     legacy[16] = 1
     assert predict(request(version, {0: 0}, max_bytes=len(records)), version,
-                   response(version, [(0, 0, bytes(legacy))])) is None
+                   read(response(version, [(0, 0, bytes(legacy))]), version)) is None
+
+
+@pytest.mark.parametrize("version", [12, 13])
+def test_a_response_answers_a_long_poll_only_when_it_holds_records(version):
+    """A read-ahead that came back empty is no answer to a Fetch that would wait at the broker for records; one
+    with an error beside records still is (the broker would have answered the same), though no read-ahead
+    can follow it."""
+    assert not read(response(version, [(0, 0, b""), (1, 0, None)]), version).has_records
+    with_error = read(response(version, [(0, 0, records_at(0, 5)), (1, 6, None)]), version)
+    assert with_error.has_records and not with_error.predictable
 
 
 def test_the_same_fetch_differs_only_in_session_waiting_and_the_order_of_its_partitions():

@@ -411,9 +411,13 @@ def _extent(data: memoryview, at: int, flexible: bool, fixed: struct.Struct) -> 
 
 
 def records_extent(data: memoryview, at: int, flexible: bool) -> tuple[int, int]:
-    """(size, where the bytes start) of the records (or, alike, compact string) field at ``at``; size -1 when
-    null."""
+    """(size, where the bytes start) of the records field at ``at``; size -1 when null."""
     return _extent(data, at, flexible, _INT32)
+
+
+def string_extent(data: memoryview, at: int, flexible: bool) -> tuple[int, int]:
+    """(size, where the bytes start) of the string field at ``at``; size -1 when null."""
+    return _extent(data, at, flexible, _INT16)
 
 
 def _length(size: int, flexible: bool) -> bytes:

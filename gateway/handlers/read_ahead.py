@@ -28,9 +28,18 @@ from __future__ import annotations
 import struct
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
-from gateway.handlers.masking import PARTITION, RECORDS, RESPONSE_LOGS, TOPIC, TOPIC_ID, FetchMasking, records_extent
+from gateway.handlers.masking import (
+    PARTITION,
+    RECORDS,
+    RESPONSE_LOGS,
+    TOPIC,
+    TOPIC_ID,
+    FetchMasking,
+    records_extent,
+    string_extent,
+)
 from gateway.protocol.apis import FETCH
 from gateway.protocol.walkplan import plan_for
 
@@ -55,7 +64,7 @@ class ReadAhead:
     # __weakref__: the timer that drops an unasked read-ahead holds it weakly, so that the timers pending for a
     # fast reader's Fetches (one each) never hold their buffers (the client's whole fetch size, twice, each).
     __slots__ = ("correlation_id", "version", "body", "masking", "delivery", "client_id", "arrived", "chunks",
-                 "frame", "has_records", "__weakref__")
+                 "read", "__weakref__")
 
     def __init__(self, correlation_id: int, version: int, body: dict[str, Any], masking: FetchMasking,
                  delivery: Any, client_id: str | None, arrived: Any) -> None:
@@ -67,16 +76,14 @@ class ReadAhead:
         self.client_id = client_id  # the client's, so that the broker's quotas and logs see the client
         self.arrived = arrived  # an asyncio future, done once the response is kept (or the connection closed)
         self.chunks: list[Any] | None = None  # the masked response, size prefix first, when arrived and usable
-        self.frame: Any = None  # the response as the broker sent it, which the next read-ahead builds on
-        self.has_records = False
+        self.read = Read({}, False, False)  # what the response holds, which the next read-ahead builds on
 
     def keep(self, chunks: list[Any] | None, frame: Any, loop: Any,
              on_expiry: Callable[[weakref.ref[ReadAhead]], None]) -> None:
         """The masked response as spliced (None: unusable, e.g. it carries leader hints); unless a Fetch of the
         client takes it first, ``on_expiry`` is called with a weak reference to it after KEEP_S."""
         self.chunks = chunks
-        self.frame = frame
-        self.has_records = chunks is not None and _holds_records(frame, self.version)
+        self.read = read(frame, self.version)
         loop.call_later(KEEP_S, on_expiry, weakref.ref(self))
         if not self.arrived.done():
             self.arrived.set_result(None)
@@ -115,14 +122,13 @@ def _by_partition(topics: list[dict[str, Any]]) -> dict[tuple[Any, int], dict[st
     return out if len(out) == sum(len(topic["partitions"]) for topic in topics) else None
 
 
-def predict(body: dict[str, Any], version: int, frame: Any) -> dict[str, Any] | None:
-    """The Fetch that follows ``body`` once the client has read ``frame`` (its response, as the broker sent
-    it; masking keeps every batch's offsets and epoch), with max_wait_ms 0; None without a backlog to read
-    ahead of (no partition returned at least half its partition_max_bytes), or when the response has an error
-    or a batch that is not v2."""
-    positions = _next_positions(frame, version)
-    if positions is None:
+def predict(body: dict[str, Any], version: int, response: Read) -> dict[str, Any] | None:
+    """The Fetch that follows ``body`` once the client has read its ``response``, with max_wait_ms 0; None
+    without a backlog to read ahead of (no partition returned at least half its partition_max_bytes), or when
+    the response cannot tell where to go on (a partition error, a batch that is not v2)."""
+    if not response.predictable:
         return None
+    positions = response.positions
     by_id = version >= 13
     topics, backlog = [], False
     for topic in body["topics"]:
@@ -144,34 +150,44 @@ def predict(body: dict[str, Any], version: int, frame: Any) -> dict[str, Any] | 
     return {**body, "topics": topics, "max_wait_ms": 0}
 
 
-def _next_positions(frame: Any, version: int) -> dict[tuple[Any, int], tuple[int, int, int]] | None:
-    """(topic key, partition) -> (offset after its last whole batch, that batch's leader epoch, records size)
-    for each partition that returned a whole batch; None when a partition has an error or a batch not v2."""
+class Read(NamedTuple):
+    """What a Fetch response holds, as far as reading ahead of it goes (``read``)."""
+
+    # (topic key, partition) -> (offset after its last whole batch, that batch's leader epoch, records size), for
+    # each partition that returned a whole batch; masking keeps every batch's offsets and epoch.
+    positions: dict[tuple[Any, int], tuple[int, int, int]]
+    predictable: bool  # no partition has an error or a batch that is not v2
+    has_records: bool  # some partition holds records (a response without any answers no long poll)
+
+
+def read(frame: Any, version: int) -> Read:
+    """One walk of a Fetch response frame, as the broker sent it."""
     flexible = version >= _FLEXIBLE_FROM
     plan = plan_for("response", FETCH, version, (), RESPONSE_LOGS)
     _, logged = plan.walk_logged(frame)
     data = memoryview(frame)
     positions = {}
+    predictable, has_records = True, False
     key: Any = None
     partition = 0
     for code, at in logged:
         if code == TOPIC_ID:
             key = bytes(data[at:at + 16])
         elif code == TOPIC:
-            size, start = _string_extent(data, at, flexible)
+            size, start = string_extent(data, at, flexible)
             key = bytes(data[start:start + size]).decode("utf-8", "replace")
         elif code == PARTITION:
             partition = _INT32.unpack_from(data, at)[0]
-            if _INT16.unpack_from(data, at + 4)[0] != 0:
-                return None
+            predictable = predictable and _INT16.unpack_from(data, at + 4)[0] == 0
         elif code == RECORDS:
             size, start = records_extent(data, at, flexible)
+            has_records = has_records or size > 0
             position = _after_last_batch(data[start:start + max(size, 0)])
             if position is False:
-                return None
-            if position is not None:
+                predictable = False
+            elif position is not None:
                 positions[key, partition] = (*position, size)
-    return positions
+    return Read(positions, predictable, has_records)
 
 
 def _after_last_batch(records: memoryview) -> tuple[int, int] | None | bool:
@@ -190,17 +206,4 @@ def _after_last_batch(records: memoryview) -> tuple[int, int] | None | bool:
     return last
 
 
-def _holds_records(frame: Any, version: int) -> bool:
-    """Whether some partition of the masked response holds records (an empty one answers no long poll)."""
-    flexible = version >= _FLEXIBLE_FROM
-    plan = plan_for("response", FETCH, version, (), RESPONSE_LOGS)
-    data = memoryview(frame)
-    return any(code == RECORDS and records_extent(data, at, flexible)[0] > 0 for code, at in plan.walk_logged(frame)[1])
-
-
-def _string_extent(data: memoryview, at: int, flexible: bool) -> tuple[int, int]:
-    if not flexible:
-        return _INT16.unpack_from(data, at)[0], at + 2
-    size, start = records_extent(data, at, True)  # a compact string's length is the same varint
-    return size, start
 
