@@ -15,13 +15,11 @@ import asyncio
 import gc
 import re
 import time
-import uuid
 import weakref
 
 import pytest
 from confluent_kafka import Producer
 
-from gateway.dev.process import ALLOW_ALL
 from gateway.handlers import read_ahead
 from gateway.handlers.masking import MaskerCache, fetch_masking
 from gateway.handlers.read_ahead import ReadAhead, predict, read, same_fetch
@@ -29,6 +27,7 @@ from gateway.policy.engine import Engine
 from gateway.policy.loader import load_policies
 from gateway.protocol import codec
 from gateway.protocol.apis import FETCH
+from tests import test_masking_gateway
 from tests.masking_data import admin_client_config, batch, fetch_body, leaders, read_ahead_counters, record
 from tests.test_masking_gateway import CARD, EMAIL, MASKING_POLICY, consume_as_analyst
 from tests.test_masking_gateway import record as sample_record
@@ -181,13 +180,8 @@ def test_a_kept_read_ahead_is_not_held_by_the_timer_that_would_drop_it(monkeypat
 RECORDS = 600
 
 
-@pytest.fixture(scope="module")
-def masked_prefix(gateway):
-    """The analyst reads topics with this prefix masked (cards partial, emails redacted)."""
-    prefix = f"read-ahead-{uuid.uuid4().hex[:6]}-"
-    gateway.install_policy(MASKING_POLICY.format(prefix=prefix))
-    yield prefix
-    gateway.install_policy(ALLOW_ALL)
+# The analyst reads topics with this module's prefix masked (cards partial, emails redacted): the same fixture.
+masked_prefix = test_masking_gateway.masked_prefix
 
 
 def produce_small_batches(kafka_cluster, topic: str) -> None:
