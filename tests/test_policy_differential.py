@@ -270,10 +270,18 @@ def test_same_answers_as_kafkas_authorizer(kafka_cluster, gateway, idp, world, g
                                                                  "replication_factor": 1}], "timeout_ms": 30000})
         created[side] = answer["topics"][0]["error_code"]
     same("create topics", created["direct"], created["gateway"])
-    with admin_wire(kafka_cluster) as wire:
-        existing = wire.request(METADATA, 12, {"topics": [{"name": f"{prefix}new-{side}-{user}"}
-                                                          for side in ("direct", "gateway")]})
-    exists = {t["name"].split("-new-")[1].split("-")[0]: t["error_code"] == 0 for t in existing["topics"]}
+    exists: dict[str, bool] = {}
+
+    def look() -> bool:
+        with admin_wire(kafka_cluster) as wire:
+            existing = wire.request(METADATA, 12, {"topics": [{"name": f"{prefix}new-{side}-{user}"}
+                                                              for side in ("direct", "gateway")]})
+        exists.update({t["name"].split("-new-")[1].split("-")[0]: t["error_code"] == 0 for t in existing["topics"]})
+        return all(exists[side] for side, error in created.items() if error == 0)
+
+    # A topic created through one broker reaches another's metadata a moment later (CI once saw the gateway's,
+    # created last, missing): wait, bounded, for each side that reported success to show its topic.
+    wait_until(look, timeout=10, interval=0.2)
     same("topic created on the cluster", exists["direct"], exists["gateway"])
 
     # Delete topics: each side deletes the topic it created (or tried to); outcome and side effect agree.
