@@ -8,10 +8,16 @@ gateway with masking on (OAUTHBEARER), for several rounds, every other one in re
 speed drifts within a run). Writes bench/results/e2e_masking.json.
 
     python bench/e2e_masking.py [--records N] [--rounds R] [--workers W] [--client java|librdkafka]
+                                [--read-ahead on|off] [--mask-threads N]
 
 --client librdkafka reads with confluent-kafka instead of ConsumerPerformance: librdkafka keeps fetching in the
 background while the application consumes, so it shows what the gateway itself sustains rather than the Java
 consumer's fetch-then-drain cycle. Its results go to bench/results/e2e_masking_librdkafka.json.
+
+Besides the rates, each side reports the whole machine's busy core-seconds per GB and the share of its cores
+left idle (the broker, the client and the gateway share this machine's cores), and the results say how many
+Fetches the gateway answered from read-ahead and how many read-aheads it dropped. --read-ahead and
+--mask-threads set the gateway's limits.read_ahead and limits.mask_threads, to measure what each gives.
 """
 
 from __future__ import annotations
