@@ -120,7 +120,7 @@ class UnexpectedTopic(WalkError):
 RESPONSE_LOGS = ("responses.topic", "responses.topic_id", "responses.partitions.partition_index",
                  "responses.partitions.records")
 TOPIC, TOPIC_ID, PARTITION, RECORDS = range(len(RESPONSE_LOGS))
-_FLEXIBLE_FROM = 12  # Fetch v12+: compact strings and records, tagged fields (ShareFetch: every version)
+FLEXIBLE_FROM = 12  # Fetch v12+: compact strings and records, tagged fields (ShareFetch: every version)
 _TOPIC_IDS_FROM = 13
 _NODE_ENDPOINTS_FROM = 16  # Fetch: a top-level tagged field; ShareFetch: a regular array in every version
 _NODE_ENDPOINTS_TAG = 0
@@ -167,7 +167,7 @@ class FetchMasking:
         self.expected = expected
         share = api_key == SHARE_FETCH
         self.by_id = share or version >= _TOPIC_IDS_FROM
-        self.flexible = share or version >= _FLEXIBLE_FROM
+        self.flexible = share or version >= FLEXIBLE_FROM
         self._marks = _SHARE_MARKS if share else ()
         self._ahead: dict[int, Any] = {}  # where a partition's records field starts -> what _mask gave for it
         # With hold_counts (a read-ahead, which the client may never get): counts wait for commit_counts.

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from gateway.handlers.masking import (
+    FLEXIBLE_FROM,
     PARTITION,
     RECORDS,
     RESPONSE_LOGS,
@@ -51,7 +52,6 @@ _LOG_OVERHEAD = 12
 _BATCH_HEADER_BYTES = 61
 _INT16 = struct.Struct(">h")
 _INT32 = struct.Struct(">i")
-_FLEXIBLE_FROM = 12
 _LAST_FETCHED_EPOCH_FROM = 12
 # Left out of the comparison: the session (the gateway makes every Fetch session-less anyway), and how long and
 # for how much the broker may wait, since a kept response that holds records answers any of those.
@@ -162,7 +162,7 @@ class Read(NamedTuple):
 
 def read(frame: Any, version: int) -> Read:
     """One walk of a Fetch response frame, as the broker sent it."""
-    flexible = version >= _FLEXIBLE_FROM
+    flexible = version >= FLEXIBLE_FROM
     plan = plan_for("response", FETCH, version, (), RESPONSE_LOGS)
     _, logged = plan.walk_logged(frame)
     data = memoryview(frame)
