@@ -801,7 +801,7 @@ class ClientConnection(asyncio.Protocol):
     def _read_ahead_answers(self, ahead: ReadAhead, body: dict[str, Any], view: Any) -> bool:
         """Whether the kept read-ahead answers this Fetch: asked exactly, holding records, under the same policy
         view and grants still in force."""
-        if ahead.chunks is None or not ahead.read.has_records or not same_fetch(body, ahead.body):
+        if ahead.chunks is None or not ahead.read.has_records or not same_fetch(body, ahead.body, ahead.read.diverged):
             return False
         delivery = ahead.delivery
         return delivery.view is view and not (delivery.grants and self._ended_grant(delivery.grants) is not None)

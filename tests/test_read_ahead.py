@@ -36,14 +36,16 @@ TOPIC = "masked-reads"
 TOPIC_ID = b"T" * 16
 
 
-def response(version: int, partitions: list[tuple[int, int, bytes | None]]) -> bytes:
-    """A Fetch response frame of TOPIC: (partition, error code, records) each."""
+def response(version: int, partitions: list[tuple[int, int, bytes | None]], **tagged: dict) -> bytes:
+    """A Fetch response frame of TOPIC: (partition, error code, records) each; ``tagged``: tagged fields of its
+    first partition."""
     key = {"topic_id": TOPIC_ID} if version >= 13 else {"topic": TOPIC}
     return codec.encode_response_frame(FETCH, version, 7, {
         "throttle_time_ms": 0, "error_code": 0, "session_id": 0, "responses": [{**key, "partitions": [
             {"partition_index": index, "error_code": error, "high_watermark": 1000, "last_stable_offset": 1000,
-             "log_start_offset": 0, "aborted_transactions": None, "preferred_read_replica": -1, "records": records}
-            for index, error, records in partitions]}]})
+             "log_start_offset": 0, "aborted_transactions": None, "preferred_read_replica": -1, "records": records,
+             **(tagged if at == 0 else {})}
+            for at, (index, error, records) in enumerate(partitions)]}]})
 
 
 def request(version: int, offsets: dict[int, int], max_bytes: int = 1000, epoch: int = -1) -> dict:
@@ -76,7 +78,8 @@ def test_the_next_fetch_starts_after_the_last_whole_batch_of_each_partition(vers
     assert predicted is not None and predicted["max_wait_ms"] == 0
     offsets = {p["partition"]: (p["fetch_offset"], p["last_fetched_epoch"])
                for p in predicted["topics"][0]["partitions"]}
-    assert offsets == {0: (48, -1), 1: (7, -1)}  # a client that sends no last fetched epoch gets none
+    # The partition that moved asks with the epoch of its last batch delivered; the other keeps the client's.
+    assert offsets == {0: (48, 3), 1: (7, -1)}
     with_epochs = predict(request(version, {0: 40, 1: 7}, max_bytes=len(whole), epoch=2), version,
                           read(frame, version))
     assert {p["partition"]: p["last_fetched_epoch"] for p in with_epochs["topics"][0]["partitions"]} == {0: 3, 1: 2}
@@ -111,18 +114,41 @@ def test_a_response_answers_a_long_poll_only_when_it_holds_records(version):
 def test_the_same_fetch_differs_only_in_session_waiting_and_the_order_of_its_partitions():
     asked = request(13, {0: 48, 1: 7})
     expected = {**asked, "max_wait_ms": 0, "min_bytes": 0, "session_id": 0, "session_epoch": -1}
-    assert same_fetch({**asked, "max_wait_ms": 500, "min_bytes": 1, "session_epoch": 0}, expected)
+    assert same_fetch({**asked, "max_wait_ms": 500, "min_bytes": 1, "session_epoch": 0}, expected, False)
     [topic] = asked["topics"]
     rotated = {**asked, "topics": [{**topic, "partitions": topic["partitions"][::-1]}]}
-    assert same_fetch(rotated, expected)  # clients rotate partitions that returned records to the end
+    assert same_fetch(rotated, expected, False)  # clients rotate partitions that returned records to the end
     twice = {**asked, "topics": [{**topic, "partitions": topic["partitions"] * 2}]}
-    assert not same_fetch(twice, {**expected, "topics": twice["topics"]})
+    assert not same_fetch(twice, {**expected, "topics": twice["topics"]}, False)
     for change in ({"isolation_level": 1}, {"max_bytes": 1}, {"rack_id": "r1"}):
-        assert not same_fetch({**asked, **change}, expected), change
+        assert not same_fetch({**asked, **change}, expected, False), change
     moved = request(13, {0: 49, 1: 7})
-    assert not same_fetch(moved, expected)
-    assert not same_fetch(request(13, {0: 48}), expected)  # a partition fewer
-    assert not same_fetch({**asked, "new_field": 1}, expected)
+    assert not same_fetch(moved, expected, False)
+    assert not same_fetch(request(13, {0: 48}), expected, False)  # a partition fewer
+    assert not same_fetch({**asked, "new_field": 1}, expected, False)
+
+
+def test_a_fetch_asking_no_epoch_check_is_the_same_unless_the_check_found_a_divergence():
+    """The read-ahead asked with epoch 3 for both partitions. A client asking -1 (no check) gets the same answer
+    when the broker found no divergence; a client asking another epoch, or an epoch where the read-ahead asked
+    none, does not."""
+    expected = request(13, {0: 48, 1: 7}, epoch=3)
+    assert same_fetch(request(13, {0: 48, 1: 7}, epoch=3), expected, False)
+    assert same_fetch(request(13, {0: 48, 1: 7}, epoch=-1), expected, False)
+    assert not same_fetch(request(13, {0: 48, 1: 7}, epoch=-1), expected, True)
+    assert not same_fetch(request(13, {0: 48, 1: 7}, epoch=2), expected, False)
+    assert not same_fetch(request(13, {0: 48, 1: 7}, epoch=3), request(13, {0: 48, 1: 7}, epoch=-1), False)
+    assert not same_fetch(request(13, {0: 49, 1: 7}, epoch=-1), expected, False)  # and the offsets still count
+
+
+@pytest.mark.parametrize("version", [12, 13])
+def test_a_partition_with_tagged_fields_counts_as_diverged(version):
+    """A diverging epoch (KIP-320) or a leader hint arrives as a partition's tagged field."""
+    assert not read(response(version, [(0, 0, records_at(0, 5)), (1, 0, b"")]), version).diverged
+    assert read(response(version, [(0, 0, b""), (1, 0, records_at(0, 5))],
+                         diverging_epoch={"epoch": 2, "end_offset": 40}), version).diverged
+    assert read(response(version, [(0, 0, b"")], current_leader={"leader_id": 2, "leader_epoch": 4}),
+                version).diverged
 
 
 @pytest.fixture(scope="module")

@@ -100,16 +100,28 @@ class ReadAhead:
         return [size, _INT32.pack(correlation_id), memoryview(first)[4:], *rest]
 
 
-def same_fetch(asked: dict[str, Any], expected: dict[str, Any]) -> bool:
+def same_fetch(asked: dict[str, Any], expected: dict[str, Any], diverged: bool) -> bool:
     """Whether the client's Fetch asks what the read-ahead asked, as far as the broker's answer goes, in
     whatever order it lists its partitions: clients rotate them from one Fetch to the next (Java's and
     librdkafka's move those that just returned records to the end), so that a full response does not always
     favour the same ones. The read-ahead's answer keeps its own order, which every client reads by topic and
-    partition."""
+    partition.
+
+    A partition's last fetched epoch only asks the broker to check that the log has not diverged from what the
+    client read: a client asking no check (-1) where the read-ahead asked one gets the same answer, unless the
+    check found a divergence (``diverged``: some partition of the answer carries tagged fields)."""
     keys = (asked.keys() | expected.keys()) - _NOT_COMPARED - {"topics"}
-    partitions = _by_partition(asked["topics"])
-    return all(asked.get(key) == expected.get(key) for key in keys) and partitions is not None and \
-        partitions == _by_partition(expected["topics"])
+    if not all(asked.get(key) == expected.get(key) for key in keys):
+        return False
+    partitions, predicted = _by_partition(asked["topics"]), _by_partition(expected["topics"])
+    if partitions is None or predicted is None or partitions.keys() != predicted.keys():
+        return False
+    for key, partition in partitions.items():
+        ahead = predicted[key]
+        if partition != ahead and (diverged or partition.get("last_fetched_epoch") != -1
+                                   or {**partition, "last_fetched_epoch": ahead.get("last_fetched_epoch")} != ahead):
+            return False
+    return True
 
 
 def _by_partition(topics: list[dict[str, Any]]) -> dict[tuple[Any, int], dict[str, Any]] | None:
@@ -140,8 +152,12 @@ def predict(body: dict[str, Any], version: int, response: Read) -> dict[str, Any
             if position is not None:
                 next_offset, epoch, size = position
                 moved["fetch_offset"] = next_offset
-                if version >= _LAST_FETCHED_EPOCH_FROM and partition["last_fetched_epoch"] >= 0:
-                    moved["last_fetched_epoch"] = epoch  # a client that sends it (Java's sends -1) moves it on
+                if version >= _LAST_FETCHED_EPOCH_FROM:
+                    # The epoch of the last batch delivered, which a client sends when it checks for a diverged
+                    # log (KIP-320). Some never do (Java's sends -1), some only for the partitions that just
+                    # returned records (kafka-python): asking with it, the read-ahead answers either
+                    # (same_fetch).
+                    moved["last_fetched_epoch"] = epoch
                 backlog = backlog or size * 2 >= partition["partition_max_bytes"]
             partitions.append(moved)
         topics.append({**topic, "partitions": partitions})
@@ -158,6 +174,8 @@ class Read(NamedTuple):
     positions: dict[tuple[Any, int], tuple[int, int, int]]
     predictable: bool  # no partition has an error or a batch that is not v2
     has_records: bool  # some partition holds records (a response without any answers no long poll)
+    # Some partition carries tagged fields: a diverging epoch (KIP-320), a leader hint or a snapshot id.
+    diverged: bool = False
 
 
 def read(frame: Any, version: int) -> Read:
@@ -167,7 +185,7 @@ def read(frame: Any, version: int) -> Read:
     _, logged = plan.walk_logged(frame)
     data = memoryview(frame)
     positions = {}
-    predictable, has_records = True, False
+    predictable, has_records, diverged = True, False, False
     key: Any = None
     partition = 0
     for code, at in logged:
@@ -182,12 +200,14 @@ def read(frame: Any, version: int) -> Read:
         elif code == RECORDS:
             size, start = records_extent(data, at, flexible)
             has_records = has_records or size > 0
+            # The partition's tagged fields follow its records: a count of 0 is one zero byte.
+            diverged = diverged or (flexible and data[start + max(size, 0)] != 0)
             position = _after_last_batch(data[start:start + max(size, 0)])
             if position is False:
                 predictable = False
             elif position is not None:
                 positions[key, partition] = (*position, size)
-    return Read(positions, predictable, has_records)
+    return Read(positions, predictable, has_records, diverged)
 
 
 def _after_last_batch(records: memoryview) -> tuple[int, int] | None | bool:
