@@ -1,6 +1,11 @@
 // franz: produce N records through a Kafka bootstrap address, then consume them
 // back and print each as one JSON line, so a Python test can compare what a
 // franz-go client sent and received through the gateway.
+//
+// With -read-only it produces nothing: it reads N records of the comma-separated
+// -topics from their start, with the isolation level and per-partition fetch size
+// given, and prints each record's bytes exactly (base64, as Go's JSON encodes
+// []byte), for the masking suite's byte-level checks.
 package main
 
 import (
@@ -18,6 +23,22 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/oauth"
 )
 
+// exact is one record as -read-only prints it: keys, values and header values
+// are bytes (null when the record has none).
+type exact struct {
+	Topic     string      `json:"topic"`
+	Partition int32       `json:"partition"`
+	Offset    int64       `json:"offset"`
+	Key       []byte      `json:"key"`
+	Value     []byte      `json:"value"`
+	Headers   []exactPair `json:"headers"`
+}
+
+type exactPair struct {
+	Key   string `json:"key"`
+	Value []byte `json:"value"`
+}
+
 type line struct {
 	Partition int32             `json:"partition"`
 	Offset    int64             `json:"offset"`
@@ -34,6 +55,10 @@ func main() {
 	tokenURL := flag.String("token-url", "", "OAuth token endpoint; when set, sign in with SASL/OAUTHBEARER")
 	clientID := flag.String("client-id", "", "OAuth client id")
 	clientSecret := flag.String("client-secret", "", "OAuth client secret")
+	readOnly := flag.Bool("read-only", false, "only read N records of -topics (no produce)")
+	topics := flag.String("topics", "", "with -read-only: comma-separated topics")
+	isolation := flag.String("isolation", "read_uncommitted", "with -read-only: read_committed or read_uncommitted")
+	partitionBytes := flag.Int("partition-fetch-bytes", 1<<20, "with -read-only: most bytes a fetch asks per partition")
 	flag.Parse()
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
@@ -46,6 +71,17 @@ func main() {
 			token, err := fetchToken(ctx, *tokenURL, *clientID, *clientSecret)
 			return oauth.Auth{Token: token}, err
 		})))
+	}
+
+	if *readOnly {
+		level := kgo.ReadUncommitted()
+		if *isolation == "read_committed" {
+			level = kgo.ReadCommitted()
+		}
+		consume(ctx, append(common, kgo.ConsumeTopics(strings.Split(*topics, ",")...),
+			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(level),
+			kgo.FetchMaxPartitionBytes(int32(*partitionBytes))), *count, exactLine)
+		return
 	}
 
 	producer, err := kgo.NewClient(append(common, kgo.DefaultProduceTopic(*topic))...)
@@ -69,26 +105,42 @@ func main() {
 	}
 	producer.Close()
 
-	consumer, err := kgo.NewClient(append(common, kgo.ConsumeTopics(*topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...)
+	consume(ctx, append(common, kgo.ConsumeTopics(*topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())),
+		*count, func(r *kgo.Record) any {
+			headers := map[string]string{}
+			for _, h := range r.Headers {
+				headers[h.Key] = string(h.Value)
+			}
+			return line{r.Partition, r.Offset, string(r.Key), string(r.Value), headers}
+		})
+}
+
+// exactLine is a record as -read-only prints it.
+func exactLine(r *kgo.Record) any {
+	headers := []exactPair{}
+	for _, h := range r.Headers {
+		headers = append(headers, exactPair{h.Key, h.Value})
+	}
+	return exact{r.Topic, r.Partition, r.Offset, r.Key, r.Value, headers}
+}
+
+// consume prints the first count records the client's fetches return, one JSON line each, as show makes them.
+func consume(ctx context.Context, opts []kgo.Opt, count int, show func(*kgo.Record) any) {
+	consumer, err := kgo.NewClient(opts...)
 	if err != nil {
 		fail("consumer: %v", err)
 	}
 	defer consumer.Close()
 	out := json.NewEncoder(os.Stdout)
 	seen := 0
-	for seen < *count {
+	for seen < count {
 		fetches := consumer.PollFetches(ctx)
 		if ctx.Err() != nil {
 			fail("timed out after %d records", seen)
 		}
 		fetches.EachError(func(t string, p int32, err error) { fail("fetch %s/%d: %v", t, p, err) })
 		fetches.EachRecord(func(r *kgo.Record) {
-			headers := map[string]string{}
-			for _, h := range r.Headers {
-				headers[h.Key] = string(h.Value)
-			}
-			_ = out.Encode(line{r.Partition, r.Offset, string(r.Key), string(r.Value), headers})
+			_ = out.Encode(show(r))
 			seen++
 		})
 	}
