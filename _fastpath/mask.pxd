@@ -105,6 +105,8 @@ cdef struct MaskCtx:
     Buf glue                    # the field as the rules read it: a Glue zlib one inflated (framed as uncompressed),
                                 # UTF-16 text as UTF-8; and a UTF-16 field's result encoded back
     Py_ssize_t inflate_left     # what such fields may still inflate to, all together (one partition's budget)
+    Buf narrow                  # a run of UTF-16 or UTF-32 ASCII characters as one byte each (mask.pyx, _mask_wide)
+    Buf narrow_masked           # and what a rule made of it
 
 
 cdef class Masker:
@@ -119,11 +121,19 @@ cdef class Masker:
     cdef PyObject** _rules_at[3]  # per target: its rules, borrowed from the tuples above
     cdef int _nrules[3]
     cdef int* _walk_together[3]   # per target and rule: how many path rules from it on are walked as one (1: alone)
+    cdef bint _reads_wide[3]    # per target: it has detector or regex rules, which also read UTF-16/32 text
 
     cdef int mask_field(self, MaskCtx* ctx, int target, const unsigned char* header_key, Py_ssize_t header_key_len,
                         const unsigned char* data, Py_ssize_t n) except -1 nogil
+    cdef int _mask_rules(self, MaskCtx* ctx, int target, const unsigned char* header_key, Py_ssize_t header_key_len,
+                         const unsigned char* data, Py_ssize_t n) except -1 nogil
     cdef int _mask_utf16(self, MaskCtx* ctx, int target, const unsigned char* header_key, Py_ssize_t header_key_len,
                          const unsigned char* data, Py_ssize_t n) except -1 nogil
+    cdef int _mask_wide(self, MaskCtx* ctx, int target, const unsigned char* header_key, Py_ssize_t header_key_len,
+                        const unsigned char* data) except -1 nogil
+    cdef int _mask_wide_runs(self, MaskCtx* ctx, int target, const unsigned char* header_key,
+                             Py_ssize_t header_key_len, const unsigned char* data, int width, bint big,
+                             bint* copied) except -1 nogil
 
 
 cdef int maskctx_init(MaskCtx* ctx, Masker masker) except -1

@@ -19,6 +19,15 @@ Fields
     UTF-8; when one changes it, it goes out as UTF-16 again, in the byte order
     it came in. One that does not decode as UTF-16 is read as bytes.
 
+    Detectors and regexes also read UTF-16 and UTF-32 text without a byte
+    order mark, in either byte order, wherever it sits in a field (a .NET
+    producer's Encoding.Unicode, Java's UTF_16LE, a string inside a binary
+    payload): each run of at least WIDE_MIN_RUN characters that are ASCII in
+    such an encoding (its other bytes zero) is read as one byte a character,
+    and a match is replaced in place, fitted to its length and written back
+    in that encoding, so the field keeps its length and its framing. Text
+    that has no such run costs one memchr for a zero byte.
+
     AWS Glue schema registry framing is 18 bytes: version 3, a compression byte
     (0 none, 5 zlib) and the 16-byte schema version id. A path rule keeps the
     header and masks the payload whole; detectors and regexes keep the first two
@@ -727,6 +736,8 @@ DEF GLUE_KEPT = 2           # what detectors and regexes leave of it: version an
 DEF UTF8_BOM = 3            # a UTF-8 byte order mark, which JSON readers such as Jackson and Python's json skip
 DEF UTF16_BE = 1            # the byte order of a UTF-16 field (its byte order mark says which)
 DEF UTF16_LE = 2
+DEF WIDE_MIN_RUN = 4        # UTF-16/32 ASCII characters in a row that detectors read (_mask_wide); every built-in
+                            # detector's shortest match is longer
 DEF GLUE_VERSION = 3
 DEF GLUE_UNCOMPRESSED = 0
 DEF GLUE_ZLIB = 5
@@ -2252,6 +2263,8 @@ cdef int maskctx_init(MaskCtx* ctx, Masker masker) except -1:
     buf_init(&ctx.b, PY_SSIZE_T_MAX)
     buf_init(&ctx.scan, PY_SSIZE_T_MAX)
     buf_init(&ctx.glue, PY_SSIZE_T_MAX)
+    buf_init(&ctx.narrow, PY_SSIZE_T_MAX)
+    buf_init(&ctx.narrow_masked, PY_SSIZE_T_MAX)
     ctx.inflate_left = GLUE_MAX_INFLATED
     ctx.scan_of = NULL
     ctx.scan_len = 0
@@ -2275,6 +2288,8 @@ cdef void maskctx_free(MaskCtx* ctx) noexcept:
     buf_free(&ctx.b)
     buf_free(&ctx.scan)
     buf_free(&ctx.glue)
+    buf_free(&ctx.narrow)
+    buf_free(&ctx.narrow_masked)
     PyMem_Free(ctx.counts)
     ctx.counts = NULL
 
@@ -2315,6 +2330,79 @@ cdef inline bint _applies(Rule rule, int target, const unsigned char* header_key
         rule.header_len != header_key_len or memcmp(rule.header_at, header_key, header_key_len) != 0))
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# UTF-16 and UTF-32 text without a byte order mark (see Fields above)
+
+cdef inline bint _wide_char(unsigned char c) noexcept nogil:
+    """Whether c is the low byte of a wide character that is ASCII (its other bytes zero), NUL aside."""
+    return 0 < c < 0x80
+
+
+cdef int _wide_layouts(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """Which wide encodings s may hold a run of WIDE_MIN_RUN ASCII characters in: bit 1 UTF-16, bit 2 UTF-32,
+    either byte order. Four such UTF-16 characters hold three zero bytes two apart with an ASCII byte between
+    each two; four UTF-32 characters hold two zero triples four apart, each followed by an ASCII byte."""
+    cdef const unsigned char* hit = <const unsigned char*>memchr(s, 0, n)
+    cdef Py_ssize_t z
+    cdef int found = 0
+    if hit == NULL:
+        return 0
+    for z in range(hit - s, n - 4):
+        if s[z] != 0:
+            continue
+        if s[z + 2] == 0 and s[z + 4] == 0 and _wide_char(s[z + 1]) and _wide_char(s[z + 3]):
+            found |= 1
+        if (z + 7 < n and s[z + 1] == 0 and s[z + 2] == 0 and _wide_char(s[z + 3]) and s[z + 4] == 0
+                and s[z + 5] == 0 and s[z + 6] == 0 and _wide_char(s[z + 7])):
+            found |= 2
+        if found == 3:
+            break
+    return found
+
+
+cdef inline bint _wide_at(const unsigned char* s, Py_ssize_t p, int width, bint big) noexcept nogil:
+    """Whether s[p:p + width] is one wide ASCII character in that byte order."""
+    if width == 2:
+        return s[p] == 0 and _wide_char(s[p + 1]) if big else s[p + 1] == 0 and _wide_char(s[p])
+    if big:
+        return s[p] == 0 and s[p + 1] == 0 and s[p + 2] == 0 and _wide_char(s[p + 3])
+    return s[p + 1] == 0 and s[p + 2] == 0 and s[p + 3] == 0 and _wide_char(s[p])
+
+
+cdef int _wide_rule(Rule rule, MaskCtx* ctx, int kinds) except -1 nogil:
+    """A detector or regex rule over the narrowed run in ctx.narrow, each match replaced there in place (fitted to
+    its length); how many it replaced."""
+    if rule.kind == KIND_REGEX:
+        with gil:
+            text = PyBytes_FromStringAndSize(<const char*>ctx.narrow.data, ctx.narrow.len)
+            return _wide_match(rule, ctx, kinds, <PyObject*>text)
+    return _wide_match(rule, ctx, kinds, NULL)
+
+
+cdef int _wide_match(Rule rule, MaskCtx* ctx, int kinds, PyObject* text) except -1 nogil:
+    cdef Emit em
+    cdef Candidates candidates
+    cdef const Candidates* cand = NULL
+    cdef Py_ssize_t n = ctx.narrow.len
+    if rule.kind == KIND_DETECTOR and kinds:
+        ctx.scan_of = NULL      # ctx.narrow is refilled in place: bitmaps kept by its address would be stale
+        _scan(ctx, ctx.narrow.data, n, kinds, &candidates)
+        cand = &candidates
+    ctx.narrow_masked.len = 0
+    em.src = ctx.narrow.data
+    em.dst = &ctx.narrow_masked
+    em.done = 0
+    em.count = 0
+    _detect_raw(rule, ctx.narrow.data, n, text, cand, &em, MODE_FIT)
+    if em.count:
+        _emit_upto(&em, n)
+        memcpy(ctx.narrow.data, ctx.narrow_masked.data, n)
+        ctx.counts[rule.index] += em.count
+        ctx.masked += em.count
+    ctx.scan_of = NULL
+    return <int>em.count
+
+
 cdef class Masker:
     """Rules compiled once; see the module docstring for what each rule does.
 
@@ -2339,9 +2427,11 @@ cdef class Masker:
         for target, target_rules in ((TARGET_KEY, self._key_rules), (TARGET_VALUE, self._value_rules),
                                      (TARGET_HEADER, self._header_rules)):
             self.scan_kinds[target] = 0
+            self._reads_wide[target] = False
             for item in target_rules:
                 if (<Rule>item).kind == KIND_DETECTOR:
                     self.scan_kinds[target] |= SCAN_KINDS[(<Rule>item).detector]
+                self._reads_wide[target] |= (<Rule>item).kind != KIND_PATH
             # Alone, the card detector is faster probing every 13th byte than any pass over all of them; the iban
             # and phone detectors test every byte, so once they need a pass the card's bitmap comes nearly free.
             if self.scan_kinds[target] == SCAN_CARD:
@@ -2367,6 +2457,78 @@ cdef class Masker:
     cdef int mask_field(self, MaskCtx* ctx, int target, const unsigned char* header_key, Py_ssize_t header_key_len,
                         const unsigned char* data, Py_ssize_t n) except -1 nogil:
         """1 when the rules for target changed the field (ctx.result holds it), else 0."""
+        cdef int changed = self._mask_rules(ctx, target, header_key, header_key_len, data, n)
+        if self._reads_wide[target]:
+            changed |= self._mask_wide(ctx, target, header_key, header_key_len, data)
+        return changed
+
+    cdef int _mask_wide(self, MaskCtx* ctx, int target, const unsigned char* header_key, Py_ssize_t header_key_len,
+                        const unsigned char* data) except -1 nogil:
+        """The detector and regex rules for target over the UTF-16 and UTF-32 text in ctx.result (the field as the
+        rules left it), UTF-16 first, little-endian before big-endian: each reads what the one before left, so a
+        match is replaced once. 1 when one replaced anything (ctx.result holds the field then), else 0."""
+        cdef int layouts = _wide_layouts(ctx.result, ctx.result_len)
+        cdef bint copied = False
+        if layouts & 1:
+            self._mask_wide_runs(ctx, target, header_key, header_key_len, data, 2, False, &copied)
+            self._mask_wide_runs(ctx, target, header_key, header_key_len, data, 2, True, &copied)
+        if layouts & 2:
+            self._mask_wide_runs(ctx, target, header_key, header_key_len, data, 4, False, &copied)
+            self._mask_wide_runs(ctx, target, header_key, header_key_len, data, 4, True, &copied)
+        return copied
+
+    cdef int _mask_wide_runs(self, MaskCtx* ctx, int target, const unsigned char* header_key,
+                             Py_ssize_t header_key_len, const unsigned char* data, int width, bint big,
+                             bint* copied) except -1 nogil:
+        """_mask_wide for one encoding: every run of its ASCII characters, at each alignment, narrowed, masked by
+        each rule in turn, and written back where it was (the first time, into a scratch buffer of ctx.result's
+        bytes unless ctx.result is one already: data, the caller's, is never written)."""
+        cdef PyObject** rules = self._rules_at[target]
+        cdef int kinds = self.scan_kinds[target], i, replaced
+        cdef Py_ssize_t n = ctx.result_len, align, p, start, count, k
+        cdef Py_ssize_t low = width - 1 if big else 0     # where a character's ASCII byte sits in it
+        cdef unsigned char* out
+        for align in range(width):
+            p = align
+            count = 0
+            start = 0
+            while True:
+                if p + width <= n and _wide_at(ctx.result, p, width, big):
+                    if count == 0:
+                        start = p
+                    count += 1
+                    p += width
+                    continue
+                if count >= WIDE_MIN_RUN:
+                    ctx.narrow.len = 0
+                    buf_reserve(&ctx.narrow, count)
+                    for k in range(count):
+                        ctx.narrow.data[k] = ctx.result[start + k * width + low]
+                    ctx.narrow.len = count
+                    replaced = 0
+                    for i in range(self._nrules[target]):
+                        if (<Rule>rules[i]).kind != KIND_PATH and _applies(<Rule>rules[i], target, header_key,
+                                                                             header_key_len):
+                            replaced += _wide_rule(<Rule>rules[i], ctx, kinds)
+                    if replaced:
+                        if ctx.result == data:
+                            ctx.a.len = 0
+                            buf_put(&ctx.a, data, n)
+                            ctx.result = ctx.a.data
+                        copied[0] = True
+                        out = <unsigned char*>ctx.result
+                        for k in range(count):
+                            # A replacement is ASCII but for a placeholder's own characters: those go out as '*'.
+                            out[start + k * width + low] = ctx.narrow.data[k] if ctx.narrow.data[k] < 0x80 else c'*'
+                if p + width > n:
+                    break
+                count = 0
+                p += width
+        return 0
+
+    cdef int _mask_rules(self, MaskCtx* ctx, int target, const unsigned char* header_key, Py_ssize_t header_key_len,
+                         const unsigned char* data, Py_ssize_t n) except -1 nogil:
+        """mask_field's rules as written, each on the field as the one before left it."""
         cdef PyObject** rules = self._rules_at[target]
         cdef int* together = self._walk_together[target]
         cdef Buf* dst

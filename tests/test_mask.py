@@ -361,6 +361,66 @@ def test_a_field_that_only_starts_like_utf16_is_read_as_bytes():
         assert b"4111" not in out and out.startswith(data[:2]), out
 
 
+WIDE_ENCODINGS = ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
+
+
+@pytest.mark.parametrize("encoding", WIDE_ENCODINGS)
+def test_utf16_and_utf32_text_without_a_byte_order_mark_is_read_too(encoding):
+    """.NET's Encoding.Unicode and Java's UTF_16LE write no byte order mark: as bytes, a card or an email there
+    has a zero byte after (or before) every character, which no detector takes. The detectors read each run of
+    ASCII characters in that encoding; matches are replaced in place, fitted to their length, in the same
+    encoding, once each (counted once, whichever byte orders the bytes also read as). The field keeps its length,
+    and everything else its bytes, the non-ASCII character that ends a run included."""
+    text = "Zoë pays 4111 1111 1111 1111 from DE89 3704 0044 0532 0130 00, mail bob@example.com."
+    masker = Masker([detector("card", strategy="partial", keep_last=4), detector("email"), detector("iban")], KEY)
+    out, counts = masker.apply(text.encode(encoding))
+    assert out.decode(encoding) == ("Zoë pays ***************1111 from " + "*" * len("DE89 3704 0044 0532 0130 00")
+                                    + ", mail " + "*" * len("bob@example.com") + ".")
+    assert counts == {"card": 1, "email": 1, "iban": 1}
+
+
+@pytest.mark.parametrize("offset", [0, 1, 2, 3])
+@pytest.mark.parametrize("encoding", WIDE_ENCODINGS)
+def test_wide_text_inside_a_binary_payload_is_found_at_any_alignment(encoding, offset):
+    """A wide string inside a framed binary payload (a Protobuf field, say) starts wherever its prefix ends, with
+    bytes that are not text right before and after it: a card that is the whole string is found at every
+    alignment, in each encoding and byte order (its first and last characters included); only its characters
+    change, in a copy."""
+    before, after = FRAME + b"\x0a" + b"\x01" * offset + b"\x12\x34", b"\xff\x07"
+    data = before + "4111111111111111".encode(encoding) + after
+    out, counts = Masker([detector("card")], KEY).apply(data)
+    assert out == before + ("*" * 16).encode(encoding) + after
+    assert counts == {"card": 1}
+    assert data == before + "4111111111111111".encode(encoding) + after
+
+
+def test_a_regex_reads_wide_text_and_a_header_rule_only_its_header():
+    m = Masker([rule(name="token", target="header", header="auth", kind="regex", pattern=r"tok-[0-9]+")], KEY)
+    wide = "Bearer tok-123456 ok".encode("utf-16-be")
+    assert m.apply(wide, target="header", header="auth") == ("Bearer ********** ok".encode("utf-16-be"),
+                                                              {"token": 1})
+    assert m.apply(wide, target="header", header="other") == (wide, {})
+
+
+def test_a_placeholder_character_outside_ascii_goes_into_wide_text_as_a_star():
+    """A replacement is written back one character per character it replaces; a placeholder's non-ASCII
+    characters (a byte each of their UTF-8, once narrowed) go out as '*', never as stray bytes."""
+    out, _ = Masker([detector("email", placeholder="✉")], KEY).apply("to bob@example.com".encode("utf-16-le"))
+    assert out.decode("utf-16-le") == "to " + "*" * len("bob@example.com")
+
+
+def test_binary_without_wide_text_comes_back_as_it_came():
+    """Zero bytes alone (integers, padding) are not text: a payload without a run of wide ASCII characters is
+    left alone, and one whose wide run holds no match too."""
+    masker = Masker([detector("card"), detector("email")], KEY)
+    rng = random.Random(3)
+    for _ in range(200):
+        data = bytes(rng.choice((0, 0, 0, 1, 0x34, 0x7F, 0x80, 0xFF, rng.randrange(256))) for _ in range(300))
+        assert masker.apply(data) == (data, {})
+    wide = FRAME + "no secret in here".encode("utf-16-le")
+    assert masker.apply(wide) == (wide, {})
+
+
 def test_glue_framed_binary_payload_keeps_header_and_lengths():
     """AWS Glue framing (version 3, compression 0, schema version id): kept, and the payload masked like a
     Confluent-framed one, each replacement fitted to the matched length."""
