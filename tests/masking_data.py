@@ -107,7 +107,8 @@ def grouped(digits: str, sizes: Sequence[int], separator: str) -> str:
 
 PLAIN, COMMITTED, ABORTED = "plain", "committed", "aborted"
 JSON, SR_JSON, SR_PROTOBUF, GLUE_JSON, GLUE_ZLIB = "json", "sr-json", "sr-protobuf", "glue-json", "glue-zlib"
-FRAMINGS = (JSON, SR_JSON, SR_PROTOBUF, GLUE_JSON, GLUE_ZLIB)
+WIDE_TEXT = "wide-text"  # UTF-16 text without a byte order mark: little-endian for even indexes, big for odd
+FRAMINGS = (JSON, SR_JSON, SR_PROTOBUF, GLUE_JSON, GLUE_ZLIB, WIDE_TEXT)
 SCHEMA_ID = 0x0000_0107
 # AWS Glue framing: version 3, compression (0 none, 5 zlib), a 16-byte schema version id (letters: no detector
 # takes them). Masked values arrive uncompressed, whatever they came as.
@@ -171,6 +172,9 @@ def make_sample(index: int, topic: str, partition: int, outcome: str) -> Sample:
             + pb_field(4, pb_field(1, f"Customer {index}".encode()) + pb_field(2, f" {email2} ".encode()))
             + pb_field(5, f"plain text {index} card {card2} end".encode()))
         return sample
+    if framing == WIDE_TEXT:
+        sample.value = wide_text(sample).encode(wide_encoding(sample))
+        return sample
     document: dict = {
         "id": index, "type": "payment", "amount": round(10 + index * 0.25, 2), "currency": "EUR",
         "card": card1, "email": email, "iban": iban_spaced,
@@ -198,6 +202,16 @@ def make_sample(index: int, topic: str, partition: int, outcome: str) -> Sample:
     else:
         sample.value = GLUE_ZLIB_HEADER + zlib.compress(text)
     return sample
+
+
+def wide_text(sample: Sample) -> str:
+    """A WIDE_TEXT sample's value as text: every secret, and a character outside ASCII that splits the runs."""
+    card1, card2, email, email2, iban_spaced, iban_compact = (secret.text.decode() for secret in sample.secrets)
+    return f"pay {card1} from {iban_spaced} for {email}; Zoë {sample.index}: {card2}, {email2}, {iban_compact}"
+
+
+def wide_encoding(sample: Sample) -> str:
+    return "utf-16-be" if sample.index % 2 else "utf-16-le"
 
 
 def make_samples(topic: str, first_index: int, phases: Iterable[tuple[str, int]], partitions: int = 2) -> list[Sample]:
@@ -269,6 +283,12 @@ def check_masked(sample: Sample, key: bytes | None, value: bytes | None, headers
     if sample.framing == SR_PROTOBUF:
         assert masked_pattern(sample.value, sample.secrets, binary=True).fullmatch(value), f"{label}: value {value!r}"
         return
+    if sample.framing == WIDE_TEXT:
+        # Each replacement fitted to its match, in the same encoding: the value keeps its length.
+        text = value.decode(wide_encoding(sample)).encode()
+        assert len(value) == len(sample.value) and masked_pattern(
+            wide_text(sample).encode(), sample.secrets, binary=True).fullmatch(text), f"{label}: value {value!r}"
+        return
     if sample.framing == SR_JSON:
         assert value[:5] == sample.value[:5], f"{label}: schema-registry header {value[:5]!r}"
         value = value[5:]
@@ -284,6 +304,7 @@ _CARD_RUN = re.compile(rb"[0-9][0-9 \-]*")
 _IBAN_RUN = re.compile(rb"[A-Z0-9][A-Z0-9 ]*")
 _EMAIL_RUN = re.compile(rb"[A-Za-z0-9._%+\-@]*@[A-Za-z0-9._%+\-@]*")
 _JSON_ESCAPE = re.compile(rb"\\u([0-9a-fA-F]{4})")
+_WIDE_LE, _WIDE_BE = re.compile(rb"([\x01-\x7f])\x00"), re.compile(rb"\x00([\x01-\x7f])")
 
 
 def _glue_inflated(data: bytes) -> list[bytes]:
@@ -326,6 +347,8 @@ class LeakScanner:
         zlib-compressed payloads of Glue-framed values, which hide them from a scan of the bytes as they are."""
         data = bytes(data)
         data += b"\n".join(_glue_inflated(data))
+        # UTF-16 text (either byte order, at either alignment) with its ASCII characters narrowed to one byte each.
+        data += b"\n" + _WIDE_LE.sub(rb"\1", data) + b"\n" + _WIDE_BE.sub(rb"\1", data)
         data = _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)).encode("utf-8", "replace"), data)
         found: set[bytes] = set()
         for runs, strip, wanted, lengths in ((_CARD_RUN, rb"[ \-]", self.cards, self.card_lengths),

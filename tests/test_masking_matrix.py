@@ -4,7 +4,8 @@ broker's own offsets.
 
 Records (tests/masking_data.py) carry their secrets in values (flat and nested JSON, arrays, a card as a JSON
 number, free text, a JSON escape; raw JSON, schema-registry framed JSON and schema-registry framed Protobuf, AWS
-Glue framed JSON plain and zlib-compressed), keys and header values. They are produced straight to the brokers as
+Glue framed JSON plain and zlib-compressed, UTF-16 text without a byte order mark in both byte orders), keys and
+header values. They are produced straight to the brokers as
 the admin, into one topic per codec (none, gzip, snappy, lz4, zstd), in four phases: plain, a committed
 transaction, an aborted transaction, plain again. Then Kafka's Java console consumer, kcat, confluent-kafka,
 aiokafka, franz-go and kafka-python read every topic (kafka-python: those of the codecs it can decode) through the
