@@ -24,6 +24,8 @@ def _detector_matches(
     with or without the AVX-512 searches."""
 def _card_run_for_tests(data: bytes | bytearray | memoryview, start: int = 0, portable: bool = False) -> int:
     """For tests: the start of the first run of 13+ digits, spaces and dashes at or after start, or -1."""
+def _wide_layouts_for_tests(data: bytes | bytearray | memoryview, portable: bool = False) -> int:
+    """For tests: bit 1 when data may hold four printable ASCII UTF-16 characters in a row, bit 2 UTF-32."""
 def _sha256_impl() -> str:
     """For tests: the SHA-256 compression in use, "sha-ni" or "scalar"."""
 def _hmac_sha256_for_tests(key: bytes, msg: bytes, impl: str | None = None) -> bytes:

@@ -22,11 +22,12 @@ Fields
     Detectors and regexes also read UTF-16 and UTF-32 text without a byte
     order mark, in either byte order, wherever it sits in a field (a .NET
     producer's Encoding.Unicode, Java's UTF_16LE, a string inside a binary
-    payload): each run of at least WIDE_MIN_RUN characters that are ASCII in
-    such an encoding (its other bytes zero) is read as one byte a character,
-    and a match is replaced in place, fitted to its length and written back
-    in that encoding, so the field keeps its length and its framing. Text
-    that has no such run costs one memchr for a zero byte.
+    payload): each run of at least WIDE_MIN_RUN characters that are printable
+    ASCII (or tab, CR, LF) in such an encoding (their other bytes zero) is
+    read as one byte a character, and a match is replaced in place, fitted to
+    its length and written back in that encoding, so the field keeps its
+    length and its framing. Text without a zero byte costs one memchr; a
+    binary field, a SIMD pass looking for four such characters in a row.
 
     AWS Glue schema registry framing is 18 bytes: version 3, a compression byte
     (0 none, 5 zlib) and the 16-byte schema version id. A path rule keeps the
@@ -669,11 +670,100 @@ cdef extern from *:
         for (; k < n; k++) if (s[k] & 0x80) return 0;
         return 1;
     }
+
+    /* The bytes of a wide (UTF-16 or UTF-32) character that is printable ASCII: one of them 0x20-0x7E, the
+       others zero. */
+    #define SW_PRINTABLE(c) ((unsigned char)((c) - 0x20) <= 0x5E)
+
+    /* Bit i of the result: s[i], s[i+2], s[i+4], s[i+6] printable and s[i+1], s[i+3], s[i+5], s[i+7] zero, or
+       the other way round (four UTF-16 characters, either byte order); bit 32 + i likewise for four UTF-32
+       characters. From 64-bit masks of a 64-byte window, for its first 48 positions (the longest pattern is 16
+       bytes). */
+    static inline void sw_wide_window(uint64_t zero, uint64_t print, uint64_t *utf16, uint64_t *utf32) {
+        uint64_t le = print & zero >> 1, be = zero & print >> 1, some = le | be, le4, be4;
+        const uint64_t first48 = (1ULL << 48) - 1;
+        /* Each pattern has four printable bytes beside a zero: most binary windows have fewer, and stop here. */
+        some &= some - 1;
+        some &= some - 1;
+        some &= some - 1;
+        if (!some) return;
+        le4 = print & zero >> 1 & zero >> 2 & zero >> 3;
+        be4 = zero & zero >> 1 & zero >> 2 & print >> 3;
+        *utf16 |= ((le & le >> 2 & le >> 4 & le >> 6) | (be & be >> 2 & be >> 4 & be >> 6)) & first48;
+        *utf32 |= ((le4 & le4 >> 4 & le4 >> 8 & le4 >> 12) | (be4 & be4 >> 4 & be4 >> 8 & be4 >> 12)) & first48;
+    }
+
+    /* Which wide encodings s[0:n] may hold four printable ASCII characters in a row in: bit 1 UTF-16, bit 2
+       UTF-32, either byte order. 64-byte windows 48 apart, sixteen bytes at a time with SSE2; the last window
+       is read from a copy padded with zeros (zeros alone complete no pattern: it needs printable bytes too). */
+    static int sw_wide_layouts_portable(const unsigned char *s, Py_ssize_t n) {
+        uint64_t utf16 = 0, utf32 = 0, zero, print;
+        unsigned char tail[64];
+        const unsigned char *w;
+        Py_ssize_t k;
+        int j;
+        for (k = 0; k < n && !(utf16 && utf32); k += 48) {
+            if (n - k >= 64) {
+                w = s + k;
+            } else {
+                memset(tail, 0, 64);
+                memcpy(tail, s + k, (size_t)(n - k));
+                w = tail;
+            }
+            zero = print = 0;
+    #if SW_SSE2
+            for (j = 0; j < 4; j++) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(w + 16 * j));
+                zero |= (uint64_t)(unsigned int)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128())) << (16 * j);
+                print |= (uint64_t)(unsigned int)_mm_movemask_epi8(_mm_and_si128(
+                    _mm_cmpgt_epi8(v, _mm_set1_epi8(0x1F)), _mm_cmplt_epi8(v, _mm_set1_epi8(0x7F)))) << (16 * j);
+            }
+    #else
+            for (j = 0; j < 64; j++) {
+                zero |= (uint64_t)(w[j] == 0) << j;
+                print |= (uint64_t)SW_PRINTABLE(w[j]) << j;
+            }
+    #endif
+            sw_wide_window(zero, print, &utf16, &utf32);
+        }
+        return (utf16 ? 1 : 0) | (utf32 ? 2 : 0);
+    }
+
+    #if SW_JSON_SKIP_HAVE_SIMD
+    /* sw_wide_layouts with AVX-512BW: each window's masks in one compare each, the last window a masked load
+       (zeros past n). Gives what the portable one gives. */
+    __attribute__((target("avx512f,avx512bw")))
+    static int sw_wide_layouts_avx512(const unsigned char *s, Py_ssize_t n) {
+        const __m512i space = _mm512_set1_epi8(0x20), span = _mm512_set1_epi8(0x5E);
+        uint64_t utf16 = 0, utf32 = 0;
+        Py_ssize_t k;
+        for (k = 0; k < n && !(utf16 && utf32); k += 48) {
+            __m512i v = n - k >= 64 ? _mm512_loadu_si512((const void *)(s + k))
+                                    : _mm512_maskz_loadu_epi8(((__mmask64)1 << (n - k)) - 1, (const void *)(s + k));
+            sw_wide_window(_mm512_cmpeq_epi8_mask(v, _mm512_setzero_si512()),
+                           _mm512_cmple_epu8_mask(_mm512_sub_epi8(v, space), span), &utf16, &utf32);
+        }
+        return (utf16 ? 1 : 0) | (utf32 ? 2 : 0);
+    }
+    #endif
+
+    typedef int (*sw_wide_layouts_fn)(const unsigned char *s, Py_ssize_t n);
+
+    /* The wide text search in use: AVX-512BW where the CPU and OS have it, else SSE2 (or bytes). */
+    static sw_wide_layouts_fn sw_wide_layouts_fastest(void) {
+    #if SW_JSON_SKIP_HAVE_SIMD
+        if (sw_json_cpu_has_avx512()) return sw_wide_layouts_avx512;
+    #endif
+        return sw_wide_layouts_portable;
+    }
     """
     Py_ssize_t sw_quote_or_backslash(const unsigned char* s, Py_ssize_t k, Py_ssize_t n) noexcept nogil
     bint sw_odd_quotes(const unsigned char* s, Py_ssize_t a, Py_ssize_t b) noexcept nogil
     Py_ssize_t sw_structural(const unsigned char* s, Py_ssize_t k, Py_ssize_t n) noexcept nogil
     bint sw_ascii(const unsigned char* s, Py_ssize_t n) noexcept nogil
+    ctypedef int (*sw_wide_layouts_fn)(const unsigned char* s, Py_ssize_t n) noexcept nogil
+    sw_wide_layouts_fn sw_wide_layouts_fastest() noexcept nogil
+    int sw_wide_layouts_portable(const unsigned char* s, Py_ssize_t n) noexcept nogil
     bint sw_luhn(const unsigned char* s, Py_ssize_t a, Py_ssize_t b) noexcept nogil
     int sw_card_common(const unsigned char* s, Py_ssize_t a, Py_ssize_t n) noexcept nogil
     bint sw_luhn16(const unsigned char* s, Py_ssize_t a, int length) noexcept nogil
@@ -736,7 +826,7 @@ DEF GLUE_KEPT = 2           # what detectors and regexes leave of it: version an
 DEF UTF8_BOM = 3            # a UTF-8 byte order mark, which JSON readers such as Jackson and Python's json skip
 DEF UTF16_BE = 1            # the byte order of a UTF-16 field (its byte order mark says which)
 DEF UTF16_LE = 2
-DEF WIDE_MIN_RUN = 4        # UTF-16/32 ASCII characters in a row that detectors read (_mask_wide); every built-in
+DEF WIDE_MIN_RUN = 4        # UTF-16/32 text characters in a row that detectors read (_mask_wide); every built-in
                             # detector's shortest match is longer
 DEF GLUE_VERSION = 3
 DEF GLUE_UNCOMPRESSED = 0
@@ -2334,30 +2424,22 @@ cdef inline bint _applies(Rule rule, int target, const unsigned char* header_key
 # UTF-16 and UTF-32 text without a byte order mark (see Fields above)
 
 cdef inline bint _wide_char(unsigned char c) noexcept nogil:
-    """Whether c is the low byte of a wide character that is ASCII (its other bytes zero), NUL aside."""
-    return 0 < c < 0x80
+    """Whether c is the low byte of a wide character that reads as text: printable ASCII, tab, line feed or
+    carriage return (its other bytes zero)."""
+    return 0x20 <= c <= 0x7E or c == 0x09 or c == 0x0A or c == 0x0D
+
+
+# The wide text search in use: AVX-512BW where the CPU has it, else SSE2 (sw_wide_layouts_fastest).
+cdef sw_wide_layouts_fn _sw_wide_layouts = sw_wide_layouts_fastest()
 
 
 cdef int _wide_layouts(const unsigned char* s, Py_ssize_t n) noexcept nogil:
-    """Which wide encodings s may hold a run of WIDE_MIN_RUN ASCII characters in: bit 1 UTF-16, bit 2 UTF-32,
-    either byte order. Four such UTF-16 characters hold three zero bytes two apart with an ASCII byte between
-    each two; four UTF-32 characters hold two zero triples four apart, each followed by an ASCII byte."""
-    cdef const unsigned char* hit = <const unsigned char*>memchr(s, 0, n)
-    cdef Py_ssize_t z
-    cdef int found = 0
-    if hit == NULL:
+    """Which wide encodings s may hold a run of WIDE_MIN_RUN text characters in (bit 1 UTF-16, bit 2 UTF-32): any
+    secret is at least that many printable ones, which sw_wide_layouts looks for. A field without a zero byte
+    (all text, all JSON) costs one memchr."""
+    if memchr(s, 0, n) == NULL:
         return 0
-    for z in range(hit - s, n - 4):
-        if s[z] != 0:
-            continue
-        if s[z + 2] == 0 and s[z + 4] == 0 and _wide_char(s[z + 1]) and _wide_char(s[z + 3]):
-            found |= 1
-        if (z + 7 < n and s[z + 1] == 0 and s[z + 2] == 0 and _wide_char(s[z + 3]) and s[z + 4] == 0
-                and s[z + 5] == 0 and s[z + 6] == 0 and _wide_char(s[z + 7])):
-            found |= 2
-        if found == 3:
-            break
-    return found
+    return _sw_wide_layouts(s, n)
 
 
 cdef inline bint _wide_at(const unsigned char* s, Py_ssize_t p, int width, bint big) noexcept nogil:
@@ -2629,6 +2711,14 @@ def _card_run_for_tests(data, Py_ssize_t start=0, bint portable=False):
         raise ValueError("start out of range")
     return (sw_card_run_portable if portable else _card_run)(
         <const unsigned char*>PyBytes_AS_STRING(field), start, PyBytes_GET_SIZE(field))
+
+
+def _wide_layouts_for_tests(data, bint portable=False):
+    """For tests: which wide encodings data may hold four printable ASCII characters in a row in (bit 1 UTF-16,
+    bit 2 UTF-32), through the search in use, or the portable (SSE2) one."""
+    cdef bytes field = bytes(data)
+    return (sw_wide_layouts_portable if portable else _sw_wide_layouts)(
+        <const unsigned char*>PyBytes_AS_STRING(field), PyBytes_GET_SIZE(field))
 
 
 def _detector_matches(str detector, data, bint merged, Py_ssize_t start=0, bint portable=False):

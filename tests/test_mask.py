@@ -12,12 +12,13 @@ import hashlib
 import hmac
 import json
 import random
+import re
 import zlib
 
 import orjson
 import pytest
 
-from _fastpath.mask import Masker, UnmaskableField, _card_run_for_tests, _detector_matches
+from _fastpath.mask import Masker, UnmaskableField, _card_run_for_tests, _detector_matches, _wide_layouts_for_tests
 
 KEY = b"k" * 32
 
@@ -392,6 +393,27 @@ def test_wide_text_inside_a_binary_payload_is_found_at_any_alignment(encoding, o
     assert out == before + ("*" * 16).encode(encoding) + after
     assert counts == {"card": 1}
     assert data == before + "4111111111111111".encode(encoding) + after
+
+
+WIDE16 = re.compile(rb"(?:[\x20-\x7e]\x00){4}|(?:\x00[\x20-\x7e]){4}")
+WIDE32 = re.compile(rb"(?:[\x20-\x7e]\x00\x00\x00){4}|(?:\x00\x00\x00[\x20-\x7e]){4}")
+
+
+def test_the_wide_text_search_finds_four_printable_characters_anywhere():
+    """The search that decides whether a field is read for wide text (AVX-512 where the CPU has it, else SSE2)
+    says what a regex says: four printable ASCII characters in a row, UTF-16 or UTF-32, either byte order, at
+    every position of fields of every length around its 64-byte windows (48 apart)."""
+    rng = random.Random(11)
+    pieces = [b"\x00", b"\x00\x00\x00", b"\x01", b"A", b"7", b"\xff", b" "]
+    for trial in range(3000):
+        data = bytearray(b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 60))))
+        if trial % 3 == 0:  # a planted run of exactly four, anywhere
+            encoding = rng.choice(WIDE_ENCODINGS)
+            at = rng.randrange(0, len(data) + 1)
+            data[at:at] = "a1 Z".encode(encoding)
+        data = bytes(data)
+        expected = (1 if WIDE16.search(data) else 0) | (2 if WIDE32.search(data) else 0)
+        assert _wide_layouts_for_tests(data) == _wide_layouts_for_tests(data, portable=True) == expected, data
 
 
 def test_a_regex_reads_wide_text_and_a_header_rule_only_its_header():
