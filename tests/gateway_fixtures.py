@@ -11,7 +11,10 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from gateway.dev.idp import DevIdp
 from gateway.dev.process import REPO, GatewayProcess
+from gateway.protocol.apis import METADATA
+from tests.masking_data import direct_wire
 from tests.oauth import CLIENTS
+from tests.waiting import wait_until
 from tests.wire import WireClient
 
 
@@ -66,12 +69,22 @@ def admin(kafka_cluster):
 
 
 @pytest.fixture
-def make_topic(admin):
-    """Create a uniquely named topic straight on the cluster; returns its name."""
+def make_topic(admin, kafka_cluster):
+    """Create a uniquely named topic straight on the cluster; returns its name once every broker's metadata lists
+    each of its partitions with a leader (the brokers learn of a new topic each on its own time, and a test that
+    asks a broker right away may get no partitions)."""
 
     def create(prefix: str = "t", partitions: int = 3, replication_factor: int = 1) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         admin.create_topics([NewTopic(name, partitions, replication_factor)], timeout_ms=30000)
+        for node_id in kafka_cluster.node_ids:
+            with direct_wire(kafka_cluster, node_id) as wire:
+                def listed() -> bool:
+                    [topic] = wire.request(METADATA, 12, {"topics": [{"name": name}],
+                                                          "allow_auto_topic_creation": False})["topics"]
+                    return len(topic["partitions"]) == partitions and all(
+                        p["leader_id"] >= 0 for p in topic["partitions"])
+                assert wait_until(listed, timeout=30, interval=0.05), f"broker {node_id} does not list {name}"
         return name
 
     return create
