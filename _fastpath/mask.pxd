@@ -133,7 +133,7 @@ cdef class Masker:
                         const unsigned char* data) except -1 nogil
     cdef int _mask_wide_runs(self, MaskCtx* ctx, int target, const unsigned char* header_key,
                              Py_ssize_t header_key_len, const unsigned char* data, int width, bint big,
-                             bint* copied) except -1 nogil
+                             bint* changed) except -1 nogil
 
 
 cdef int maskctx_init(MaskCtx* ctx, Masker masker) except -1

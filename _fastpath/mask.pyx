@@ -675,10 +675,10 @@ cdef extern from *:
        others zero. */
     #define SW_PRINTABLE(c) ((unsigned char)((c) - 0x20) <= 0x5E)
 
-    /* Bit i of the result: s[i], s[i+2], s[i+4], s[i+6] printable and s[i+1], s[i+3], s[i+5], s[i+7] zero, or
-       the other way round (four UTF-16 characters, either byte order); bit 32 + i likewise for four UTF-32
-       characters. From 64-bit masks of a 64-byte window, for its first 48 positions (the longest pattern is 16
-       bytes). */
+    /* Adds to utf16 bit i when the window's bytes i, i+2, i+4, i+6 are printable and i+1, i+3, i+5, i+7 zero, or
+       the other way round (four UTF-16 characters, either byte order), and to utf32 likewise for four UTF-32
+       characters; from the zero and printable masks of a 64-byte window, for its first 48 positions (the
+       longest pattern is 16 bytes). */
     static inline void sw_wide_window(uint64_t zero, uint64_t print, uint64_t *utf16, uint64_t *utf32) {
         uint64_t le = print & zero >> 1, be = zero & print >> 1, some = le | be, le4, be4;
         const uint64_t first48 = (1ULL << 48) - 1;
@@ -2443,7 +2443,7 @@ cdef int _wide_layouts(const unsigned char* s, Py_ssize_t n) noexcept nogil:
 
 
 cdef inline bint _wide_at(const unsigned char* s, Py_ssize_t p, int width, bint big) noexcept nogil:
-    """Whether s[p:p + width] is one wide ASCII character in that byte order."""
+    """Whether s[p:p + width] is one wide text character (_wide_char) in that byte order."""
     if width == 2:
         return s[p] == 0 and _wide_char(s[p + 1]) if big else s[p + 1] == 0 and _wide_char(s[p])
     if big:
@@ -2476,11 +2476,8 @@ cdef int _wide_match(Rule rule, MaskCtx* ctx, int kinds, PyObject* text) except 
     em.done = 0
     em.count = 0
     _detect_raw(rule, ctx.narrow.data, n, text, cand, &em, MODE_FIT)
-    if em.count:
-        _emit_upto(&em, n)
-        memcpy(ctx.narrow.data, ctx.narrow_masked.data, n)
-        ctx.counts[rule.index] += em.count
-        ctx.masked += em.count
+    if _finish(rule, ctx, &em, n):
+        memcpy(ctx.narrow.data, ctx.narrow_masked.data, n)     # MODE_FIT: the same length
     ctx.scan_of = NULL
     return <int>em.count
 
@@ -2550,21 +2547,21 @@ cdef class Masker:
         rules left it), UTF-16 first, little-endian before big-endian: each reads what the one before left, so a
         match is replaced once. 1 when one replaced anything (ctx.result holds the field then), else 0."""
         cdef int layouts = _wide_layouts(ctx.result, ctx.result_len)
-        cdef bint copied = False
+        cdef bint changed = False
         if layouts & 1:
-            self._mask_wide_runs(ctx, target, header_key, header_key_len, data, 2, False, &copied)
-            self._mask_wide_runs(ctx, target, header_key, header_key_len, data, 2, True, &copied)
+            self._mask_wide_runs(ctx, target, header_key, header_key_len, data, 2, False, &changed)
+            self._mask_wide_runs(ctx, target, header_key, header_key_len, data, 2, True, &changed)
         if layouts & 2:
-            self._mask_wide_runs(ctx, target, header_key, header_key_len, data, 4, False, &copied)
-            self._mask_wide_runs(ctx, target, header_key, header_key_len, data, 4, True, &copied)
-        return copied
+            self._mask_wide_runs(ctx, target, header_key, header_key_len, data, 4, False, &changed)
+            self._mask_wide_runs(ctx, target, header_key, header_key_len, data, 4, True, &changed)
+        return changed
 
     cdef int _mask_wide_runs(self, MaskCtx* ctx, int target, const unsigned char* header_key,
                              Py_ssize_t header_key_len, const unsigned char* data, int width, bint big,
-                             bint* copied) except -1 nogil:
-        """_mask_wide for one encoding: every run of its ASCII characters, at each alignment, narrowed, masked by
+                             bint* changed) except -1 nogil:
+        """_mask_wide for one encoding: every run of its text characters, at each alignment, narrowed, masked by
         each rule in turn, and written back where it was (the first time, into a scratch buffer of ctx.result's
-        bytes unless ctx.result is one already: data, the caller's, is never written)."""
+        bytes unless ctx.result is one already: data, the caller's, is never written); changed[0] set then."""
         cdef PyObject** rules = self._rules_at[target]
         cdef int kinds = self.scan_kinds[target], i, replaced
         cdef Py_ssize_t n = ctx.result_len, align, p, start, count, k
@@ -2597,7 +2594,7 @@ cdef class Masker:
                             ctx.a.len = 0
                             buf_put(&ctx.a, data, n)
                             ctx.result = ctx.a.data
-                        copied[0] = True
+                        changed[0] = True
                         out = <unsigned char*>ctx.result
                         for k in range(count):
                             # A replacement is ASCII but for a placeholder's own characters: those go out as '*'.
