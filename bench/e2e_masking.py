@@ -8,7 +8,7 @@ gateway with masking on (OAUTHBEARER), for several rounds, every other one in re
 speed drifts within a run). Writes bench/results/e2e_masking.json.
 
     python bench/e2e_masking.py [--records N] [--rounds R] [--workers W] [--client java|librdkafka]
-                                [--read-ahead on|off] [--mask-threads N]
+                                [--read-ahead on|off] [--mask-threads N] [--pin-gateway]
 
 --client librdkafka reads with confluent-kafka instead of ConsumerPerformance: librdkafka keeps fetching in the
 background while the application consumes, so it shows what the gateway itself sustains rather than the Java
@@ -18,12 +18,19 @@ Besides the rates, each side reports the whole machine's busy core-seconds per G
 left idle (the broker, the client and the gateway share this machine's cores), and the results say how many
 Fetches the gateway answered from read-ahead and how many read-aheads it dropped. --read-ahead and
 --mask-threads set the gateway's limits.read_ahead and limits.mask_threads, to measure what each gives.
+
+--pin-gateway gives the gateway a core of its own: the broker, the IdP and every client run on the first CPU, the
+gateway (supervisor and workers) on the second, for the direct reads as for the others. That is how a gateway is
+deployed, on hosts apart from the brokers and the consumers, and it separates the two things a shared-core ratio
+mixes: what the gateway takes from the broker and the client in CPU, and what its place in the data path costs a
+consumer in throughput. Its results go to bench/results/e2e_masking_pinned.json (e2e_masking_librdkafka_pinned.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import statistics
@@ -127,7 +134,14 @@ def main() -> int:
     parser.add_argument("--client", choices=("java", "librdkafka"), default="java")
     parser.add_argument("--mask-threads", type=int, default=None, help="the gateway's limits.mask_threads")
     parser.add_argument("--read-ahead", choices=("on", "off"), default="on", help="the gateway's limits.read_ahead")
+    parser.add_argument("--pin-gateway", action="store_true",
+                        help="the gateway on the second CPU, everything else on the first")
     args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin_gateway:
+        if len(cpus) < 2:
+            parser.error(f"--pin-gateway needs two CPUs; this process may use {cpus}")
+        os.sched_setaffinity(0, {cpus[0]})     # the broker, the IdP and every client inherit it
 
     lib = ensure_jars()
     work = Path(tempfile.mkdtemp(prefix="streamward-bench-masking-"))
@@ -159,7 +173,13 @@ def main() -> int:
             return consume(lib, gateway.bootstrap, topic, args.records, gateway_config, gateway_jvm)["mb_s"]
         return consume(lib, cluster.bootstrap, topic, args.records, direct_config, [])["mb_s"]
     try:
-        gateway.start()
+        if args.pin_gateway:
+            # The supervisor and the workers it forks inherit the CPU they are started on.
+            os.sched_setaffinity(0, {cpus[1]})
+            gateway.start()
+            os.sched_setaffinity(0, {cpus[0]})
+        else:
+            gateway.start()
         for codec in ("none", "lz4"):
             topic = f"bench-masked-{codec}"
             cluster.create_topic(topic, partitions=6, replication_factor=1)
@@ -213,9 +233,11 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)  # about 1 GB of topic data: a run must not leave it behind
     summary = {"records": args.records, "value_bytes": value_size, "rounds": args.rounds, "workers": args.workers,
                "client": args.client, "read_ahead": args.read_ahead, "mask_threads": args.mask_threads,
+               "pin_gateway": args.pin_gateway,
                "codecs": results,
                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    out = REPO / "bench" / "results" / ("e2e_masking.json" if args.client == "java" else "e2e_masking_librdkafka.json")
+    name = "e2e_masking" + ("" if args.client == "java" else "_librdkafka") + ("_pinned" if args.pin_gateway else "")
+    out = REPO / "bench" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
     print(f"\n{'codec':6s}{'direct MB/s':>14s}{'unmasked MB/s':>15s}{'ratio':>8s}{'masked MB/s':>14s}{'ratio':>8s}"
