@@ -172,6 +172,7 @@ def main() -> int:
         if through_gateway:
             return consume(lib, gateway.bootstrap, topic, args.records, gateway_config, gateway_jvm)["mb_s"]
         return consume(lib, cluster.bootstrap, topic, args.records, direct_config, [])["mb_s"]
+    read_ahead_before: dict[str, int] = {}
     try:
         if args.pin_gateway:
             # The supervisor and the workers it forks inherit the CPU they are started on.
@@ -211,10 +212,12 @@ def main() -> int:
             metrics = gateway.metrics().splitlines()
             masked = sum(int(line.rsplit(" ", 1)[1]) for line in metrics
                          if line.startswith("streamward_masked_fields_total{") and f'topic="{topic}"' in line)
-            # Over the gateway's life so far (every codec before this one included).
-            read_ahead = {kind: sum(int(line.rsplit(" ", 1)[1]) for line in metrics
-                                    if line.startswith(f"streamward_read_ahead_{kind}_total{{"))
-                          for kind in ("answered", "dropped")}
+            # The gateway counts over its life: this codec's are what it added since the last.
+            so_far = {kind: sum(int(line.rsplit(" ", 1)[1]) for line in metrics
+                                if line.startswith(f"streamward_read_ahead_{kind}_total{{"))
+                      for kind in ("answered", "dropped")}
+            read_ahead = {kind: count - read_ahead_before.get(kind, 0) for kind, count in so_far.items()}
+            read_ahead_before = so_far
             results[codec] = {"direct_consume_mb_s": statistics.median(direct),
                               "gateway_consume_mb_s": statistics.median(through),
                               "consume_ratio": statistics.median(through) / statistics.median(direct),
@@ -223,7 +226,7 @@ def main() -> int:
                               "gateway_cpu_s_per_gb": statistics.median(cpu),
                               "machine_cpu_s_per_gb": {side: statistics.median(v) for side, v in machine.items()},
                               "machine_idle": {side: statistics.median(v) for side, v in idle.items()},
-                              "fields_masked": masked, "read_ahead_so_far": read_ahead,
+                              "fields_masked": masked, "read_ahead": read_ahead,
                               "direct_runs": direct, "gateway_runs": through,
                               "unmasked_runs": plain}
         gateway.stop()
@@ -251,6 +254,9 @@ def main() -> int:
         m, i = r["machine_cpu_s_per_gb"], r["machine_idle"]
         print(f"{codec:6s}{m['direct']:27.2f}{m['plain']:10.2f}{m['masked']:8.2f}"
               f"{i['direct']:14.0%}{i['plain']:10.0%}{i['masked']:8.0%}")
+    for codec, r in results.items():
+        print(f"{codec}: read-ahead answered {r['read_ahead']['answered']} Fetches, dropped "
+              f"{r['read_ahead']['dropped']}")
     print(f"written to {out}")
     return 0
 
