@@ -23,6 +23,11 @@ Wire layout of one batch (big-endian; offsets from the batch start):
               keyLength:varint key valueLength:varint value      (length -1: null)
               headerCount:varint [keyLength:varint key valueLength:varint value]*
 
+A record's attributes must be 0: Kafka defines no record attribute, and its clients
+write 0. One with the high bit set is read as a varint by aiokafka, which then
+splits the record's fields elsewhere than the gateway masked them, so a record
+with any other byte there is unmaskable.
+
 A Fetch or Produce partition's ``records`` holds batches back to back. Brokers end
 a fetch with a partial batch when the next one does not fit; clients skip it.
 ``mask_records`` and ``iter_records`` leave it out too (it can be neither
@@ -397,6 +402,11 @@ cdef int _finish_record(Rebuild* rb, Record* r, Py_ssize_t end) except -1 nogil:
     return 0
 
 
+cdef int _undefined_attributes(Cursor* c) except -1:
+    return cursor_fail(c, f"record attributes {c.data[c.pos - 1]:#04x}: Kafka defines none, and clients read "
+                          "such a record differently")
+
+
 cdef bint _mask_records(Masker masker, MaskCtx* ctx, Rebuild* rb, Py_ssize_t start, Py_ssize_t end,
                         int count) except -1 nogil:
     """Mask the count records in src[start:end]; the changed ones go rebuilt into dst (after syncing what
@@ -416,7 +426,9 @@ cdef bint _mask_records(Masker masker, MaskCtx* ctx, Rebuild* rb, Py_ssize_t sta
         record_end = r.body + r.length
         # The record's own length bounds every field in it.
         c.end = record_end
-        read_int8(&c)
+        if read_int8(&c) != 0:
+            with gil:
+                _undefined_attributes(&c)
         read_varlong(&c)
         read_varint(&c)
         if masker.has_key_rules:
@@ -620,7 +632,8 @@ def iter_records(records, *, Py_ssize_t max_inflated=DEFAULT_MAX_INFLATED):
                 record_end = r.pos + length
                 batch_end = r.end
                 r.end = record_end
-                read_int8(&r)
+                if read_int8(&r) != 0:
+                    _undefined_attributes(&r)
                 timestamp = read_varlong(&r)
                 timestamp = max_timestamp if b.attributes & LOG_APPEND_TIME else base_timestamp + timestamp
                 offset = base_offset + read_varint(&r)
