@@ -1,0 +1,166 @@
+"""Masking fuzz soak: the test suite's fuzzers, run for as long as you give them, with fresh seeds.
+
+    .venv/bin/python loadtest/fuzz_masking.py [--seconds S] [--seed N]
+
+Three fuzzers, S seconds each (60 by default):
+
+- wide text: random binary holding secrets written in UTF-16 and UTF-32 (either byte order, at any offset, beside
+  non-text bytes, non-ASCII text and a regex rule's matches), through every detector: no secret may come back in
+  the encoding it was written in.
+- corrupt batches: valid batches of every codec, with bytes flipped, cut and inserted, with and without a
+  recomputed CRC: mask_records either refuses one (UnmaskableRecords) or returns batches with valid CRCs; and
+  unless aiokafka cannot read the input at all, the gateway reads the input as aiokafka does, and aiokafka reads
+  the output as the input with every field masked.
+- random fields: bytes from a JSON-like alphabet through every detector, a path and a regex rule: never an error.
+
+A failure prints the fuzzer, the seed and the case number, writes the input to fuzz-failure-<fuzzer>-<seed>.bin
+and exits 1; a crash of the kernel itself ends the process with its signal. The test suite runs bounded versions
+of these (tests/test_mask.py, tests/test_record_batch.py) in every CI run; this is for soaks, before a release or
+after a change to _fastpath.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from _fastpath.mask import Masker  # noqa: E402
+from _fastpath.record_batch import UnmaskableRecords, iter_records, mask_records  # noqa: E402
+from tests.test_mask import EVERY_DETECTOR, KEY, POSITIVES, path, rule  # noqa: E402
+from tests.test_record_batch import (  # noqa: E402
+    BIG,
+    MASKER,
+    AioRecords,
+    batches_of,
+    client_records,
+    corrupted,
+    corruption_originals,
+)
+
+WIDE = ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
+DETECTORS = Masker(EVERY_DETECTOR, KEY)
+DETECTORS_AND_REGEX = Masker(EVERY_DETECTOR + [rule(name="re", kind="regex", pattern=r"SECRET\d{4}")], KEY)
+EVERYTHING = Masker(EVERY_DETECTOR + [path("a.b"), rule(name="re", kind="regex", pattern=r"\d{3}")], KEY)
+
+
+T = TypeVar("T")
+TALLY: Counter[str] = Counter()  # what the cases of the running fuzzer came to, where that varies
+
+
+class Failure(Exception):
+    def __init__(self, message: str, data: bytes) -> None:
+        super().__init__(message)
+        self.data = data
+
+
+def guarded(call: Callable[[], T], data: bytes) -> T:
+    """call(), any error it raises a Failure of this input."""
+    try:
+        return call()
+    except Exception as exc:
+        raise Failure(repr(exc), data) from exc
+
+
+def wide_text_case(rng: random.Random) -> None:
+    parts, secrets = [], []
+    for _ in range(rng.randint(1, 6)):
+        roll = rng.random()
+        if roll < 0.35:
+            parts.append(rng.randbytes(rng.randint(0, 40)))
+        elif roll < 0.5:
+            parts.append(bytes(rng.choice(b"\x00\x01 a1@-.") for _ in range(rng.randint(0, 40))))
+        else:
+            secret = rng.choice(POSITIVES[rng.choice(["card", "email", "iban", "ssn"])])
+            encoding = rng.choice(WIDE)
+            text = rng.choice(["", "x ", "card ", "Zo\u00eb "]) + secret + rng.choice(["", " y", ".", " end"])
+            if rng.random() < 0.2:
+                text = f"SECRET{rng.randrange(10000):04d} {text}"
+            # Set apart by bytes that are no text in any encoding: the secret is its own run.
+            parts.append(b"\x01\x02" + text.encode(encoding) + b"\x01\x02")
+            secrets.append((secret, encoding))
+    data = b"\x00" * rng.randint(0, 5) + b"".join(parts)  # a leading zero reads as schema-registry framing
+    masker = DETECTORS_AND_REGEX if rng.random() < 0.3 else DETECTORS
+    out, _ = guarded(lambda: masker.apply(data, target="value"), data)
+    for secret, encoding in secrets:
+        if secret.encode(encoding) in out:
+            raise Failure(f"{secret!r} came back in {encoding}", data)
+
+
+def corrupt_batch_case(rng: random.Random, originals: list[bytes]) -> None:
+    data = corrupted(rng, rng.choice(originals), edits=rng.randint(1, 3))
+    try:
+        out = mask_records(data, MASKER, max_output=BIG).data
+    except UnmaskableRecords:
+        TALLY["refused"] += 1
+        return
+    except Exception as exc:
+        raise Failure(f"mask_records raised {exc!r}", data) from exc
+    if not all(guarded(lambda: [b.validate_crc() for b in batches_of(AioRecords, out)], data)):
+        raise Failure("a batch came out with a bad CRC", data)
+    try:
+        theirs = client_records(AioRecords, data)
+    except Exception:  # noqa: BLE001 - aiokafka cannot read the input (Kafka's Java client may): nothing to compare
+        TALLY["accepted, aiokafka cannot read the input"] += 1
+        return
+    if guarded(lambda: iter_records(data), data) != theirs:
+        raise Failure("the gateway reads the input otherwise than aiokafka: it masks fields the client reads as others",
+                      data)
+    if guarded(lambda: client_records(AioRecords, out), data) != client_records(AioRecords, data, masked=True):
+        raise Failure("aiokafka reads the output otherwise than the input with its fields masked", data)
+    TALLY["accepted, read alike"] += 1
+
+
+def random_field_case(rng: random.Random) -> None:
+    alphabet = b'{}[]":,\\u0123456789 -+.@aeEDZ\x00\xff'
+    data = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
+    for target in ("key", "value"):
+        out, counts = guarded(lambda target=target: EVERYTHING.apply(data, target=target), data)
+        if not isinstance(out, bytes) or not isinstance(counts, dict):
+            raise Failure("apply returned something else than (bytes, dict)", data)
+
+
+def soak(name: str, case: Callable[[random.Random], None], seed: int, seconds: float) -> int:
+    rng = random.Random(seed)
+    deadline = time.monotonic() + seconds
+    TALLY.clear()
+    cases = 0
+    while time.monotonic() < deadline:
+        cases += 1
+        state = rng.getstate()
+        try:
+            case(rng)
+        except Failure as exc:
+            Path(f"fuzz-failure-{name}-{seed}.bin").write_bytes(exc.data)
+            print(f"{name}: FAILED at case {cases} (seed {seed}): {exc!r}", flush=True)
+            rng.setstate(state)  # for a debugger: this rng replays the failing case
+            return 1
+    tally = "".join(f", {count:,} {outcome}" for outcome, count in sorted(TALLY.items()))
+    print(f"{name}: {cases:,} cases in {seconds:.0f} s{tally}, seed {seed}: no failure", flush=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=60.0, help="per fuzzer")
+    parser.add_argument("--seed", type=int, default=None, help="default: a fresh one, printed")
+    args = parser.parse_args()
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
+    setup = random.Random(seed)
+    originals = corruption_originals(setup)
+    failed = soak("wide-text", wide_text_case, seed, args.seconds)
+    failed |= soak("corrupt-batches", lambda rng: corrupt_batch_case(rng, originals), seed, args.seconds)
+    failed |= soak("random-fields", random_field_case, seed, args.seconds)
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
