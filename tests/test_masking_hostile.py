@@ -175,6 +175,8 @@ EMPTIED = {
     "timestamp delta as an 11-byte varlong": one_record_batch(b"\x00" + b"\x80" * 10 + b"\x00\x00" + AFTER_DELTAS),
     "key length as a 6-byte varint": one_record_batch(b"\x00\x00\x00" + b"\xff" * 5 + b"\x01" + AFTER_DELTAS),
     "more records than the count": batch(ONE_RECORD * 2, 1),
+    "record attributes with the high bit set (Python clients misread the record)":
+        one_record_batch(b"\x80" + ONE_BODY[1:]),
     "bad CRC": flipped(SENSITIVE),
     "bad CRC on a batch with nothing to mask": flipped(batch(record(b"k", b"nothing sensitive"), 1)),
     "good batch, then one with a bad CRC": GOOD + flipped(sample_batch(HOSTILE_SAMPLES, base_offset=6)),
