@@ -24,9 +24,9 @@ Wire layout of one batch (big-endian; offsets from the batch start):
               headerCount:varint [keyLength:varint key valueLength:varint value]*
 
 A record's attributes must be 0: Kafka defines no record attribute, and its clients
-write 0. One with the high bit set is read as a varint by aiokafka, which then
-splits the record's fields elsewhere than the gateway masked them, so a record
-with any other byte there is unmaskable.
+write 0. One with the high bit set is read as a varint by aiokafka and kafka-python,
+which then split the record's fields elsewhere than the gateway masked them, so a
+record with any other byte there is unmaskable.
 
 A Fetch or Produce partition's ``records`` holds batches back to back. Brokers end
 a fetch with a partial batch when the next one does not fit; clients skip it.

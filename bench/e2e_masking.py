@@ -23,7 +23,8 @@ Fetches the gateway answered from read-ahead and how many read-aheads it dropped
 gateway (supervisor and workers) on the second, for the direct reads as for the others. That is how a gateway is
 deployed, on hosts apart from the brokers and the consumers, and it separates the two things a shared-core ratio
 mixes: what the gateway takes from the broker and the client in CPU, and what its place in the data path costs a
-consumer in throughput. Its results go to bench/results/e2e_masking_pinned.json (e2e_masking_librdkafka_pinned.json).
+consumer in throughput. The idle share then counts the gateway's core too, idle through the direct reads. Its
+results go to bench/results/e2e_masking_pinned.json (e2e_masking_librdkafka_pinned.json).
 """
 
 from __future__ import annotations

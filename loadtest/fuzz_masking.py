@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from _fastpath.mask import Masker  # noqa: E402
 from _fastpath.record_batch import UnmaskableRecords, iter_records, mask_records  # noqa: E402
-from tests.test_mask import EVERY_DETECTOR, KEY, POSITIVES, path, rule  # noqa: E402
+from tests.test_mask import EVERY_DETECTOR, EVERY_KIND_OF_RULE, KEY, POSITIVES, random_field, rule  # noqa: E402
 from tests.test_record_batch import (  # noqa: E402
     BIG,
     MASKER,
@@ -49,7 +49,7 @@ from tests.test_record_batch import (  # noqa: E402
 WIDE = ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
 DETECTORS = Masker(EVERY_DETECTOR, KEY)
 DETECTORS_AND_REGEX = Masker(EVERY_DETECTOR + [rule(name="re", kind="regex", pattern=r"SECRET\d{4}")], KEY)
-EVERYTHING = Masker(EVERY_DETECTOR + [path("a.b"), rule(name="re", kind="regex", pattern=r"\d{3}")], KEY)
+EVERYTHING = Masker(EVERY_KIND_OF_RULE, KEY)
 
 
 T = TypeVar("T")
@@ -120,8 +120,7 @@ def corrupt_batch_case(rng: random.Random, originals: list[bytes]) -> None:
 
 
 def random_field_case(rng: random.Random) -> None:
-    alphabet = b'{}[]":,\\u0123456789 -+.@aeEDZ\x00\xff'
-    data = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
+    data = random_field(rng, longest=120)
     for target in ("key", "value"):
         out, counts = guarded(lambda target=target: EVERYTHING.apply(data, target=target), data)
         if not isinstance(out, bytes) or not isinstance(counts, dict):
@@ -135,13 +134,11 @@ def soak(name: str, case: Callable[[random.Random], None], seed: int, seconds: f
     cases = 0
     while time.monotonic() < deadline:
         cases += 1
-        state = rng.getstate()
         try:
             case(rng)
         except Failure as exc:
             Path(f"fuzz-failure-{name}-{seed}.bin").write_bytes(exc.data)
             print(f"{name}: FAILED at case {cases} (seed {seed}): {exc!r}", flush=True)
-            rng.setstate(state)  # for a debugger: this rng replays the failing case
             return 1
     tally = "".join(f", {count:,} {outcome}" for outcome, count in sorted(TALLY.items()))
     print(f"{name}: {cases:,} cases in {seconds:.0f} s{tally}, seed {seed}: no failure", flush=True)

@@ -696,13 +696,22 @@ def test_header_path_rules_are_walked_together_only_for_their_header():
         assert together == one_after_another(rules, data, target="header", header=header), header
 
 
+# Every kind of rule at once, for fuzzing: each detector, a path and a regex.
+EVERY_KIND_OF_RULE = EVERY_DETECTOR + [path("a.b"), rule(name="re", kind="regex", pattern=r"\d{3}")]
+
+
+def random_field(rng: random.Random, longest: int = 80) -> bytes:
+    """Bytes of JSON structure, escapes, digits, signs, letters, a zero and 0xff, in any order."""
+    alphabet = b'{}[]":,\\u0123456789 -+.@aeEDZ\x00\xff'
+    return bytes(rng.choice(alphabet) for _ in range(rng.randint(0, longest)))
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_random_bytes_never_raise(seed):
     rng = random.Random(seed)
-    m = Masker(EVERY_DETECTOR + [path("a.b"), rule(name="re", kind="regex", pattern=r"\d{3}")], KEY)
-    alphabet = b'{}[]":,\\u0123456789 -+.@aeEDZ\x00\xff'
+    m = Masker(EVERY_KIND_OF_RULE, KEY)
     for _ in range(200):
-        data = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 80)))
+        data = random_field(rng)
         for target in ("key", "value"):
             out, counts = m.apply(data, target=target)
             assert isinstance(out, bytes) and isinstance(counts, dict)
