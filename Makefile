@@ -28,6 +28,7 @@ lint: build
 # The last run gives the gateway a core of its own, as it is deployed (it needs two CPUs).
 bench: build
 	$(PY) -m pytest bench/bench_*.py -q --benchmark-only
+	$(PY) bench/json_reference.py
 	$(PY) bench/e2e.py
 	$(PY) bench/e2e_masking.py
 	if [ "$$(nproc)" -ge 2 ]; then $(PY) bench/e2e_masking.py --pin-gateway; fi
