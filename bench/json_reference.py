@@ -23,6 +23,7 @@ uncompressed batch, as in bench_mask.py. Results go to bench/results/json_refere
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import shutil
@@ -78,14 +79,15 @@ def build() -> pathlib.Path:
     return binary
 
 
-def simdjson_run(binary: pathlib.Path, records: pathlib.Path) -> tuple[str, dict[str, float]]:
-    out = subprocess.run([str(binary), str(records)], check=True, capture_output=True, text=True).stdout
+def simdjson_run(binary: pathlib.Path, records: pathlib.Path, rounds: int, repeat: int) -> tuple[str, dict[str, float]]:
+    out = subprocess.run([str(binary), str(records), str(rounds), str(repeat)], check=True, capture_output=True,
+                         text=True).stdout
     lines = out.split("\n")
     figures = {name: float(us) for name, us in (line.split() for line in lines[1:] if line.strip())}
     return lines[0].removeprefix("implementation "), figures
 
 
-def kernel_run(rounds: int = 9, repeat: int = 100) -> dict[str, float]:
+def kernel_run(rounds: int, repeat: int) -> dict[str, float]:
     batch = BATCHES["none"]
     best: dict[str, float] = {}
     for _ in range(rounds):
@@ -98,6 +100,10 @@ def kernel_run(rounds: int = 9, repeat: int = 100) -> dict[str, float]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one pass of each, to check that it runs (tests)")
+    args = parser.parse_args()
+    rounds, repeat, alternations = (1, 1, 1) if args.quick else (9, 100, 3)
     CACHE.mkdir(parents=True, exist_ok=True)
     binary = build()
     records = CACHE / "records.bin"
@@ -105,11 +111,11 @@ def main() -> None:
     reference: dict[str, float] = {}
     kernel: dict[str, float] = {}
     implementation = ""
-    for _ in range(3):      # alternating, so drift in the machine's speed falls on both sides alike
-        implementation, figures = simdjson_run(binary, records)
+    for _ in range(alternations):   # alternating, so drift in the machine's speed falls on both sides alike
+        implementation, figures = simdjson_run(binary, records, rounds, repeat)
         for name, us in figures.items():
             reference[name] = min(reference.get(name, float("inf")), us)
-        for name, us in kernel_run().items():
+        for name, us in kernel_run(rounds, repeat).items():
             kernel[name] = min(kernel.get(name, float("inf")), us)
     walk = kernel["json path, member absent"] - kernel["walk only"]
     rows = [
@@ -125,6 +131,8 @@ def main() -> None:
     print(f"1,000 records of ~200-byte JSON, {SIZE:,} bytes as a batch; 2 GB/s leaves {budget:.0f} µs for the batch")
     for name, us in rows:
         print(f"  {name:<62} {us:7.1f} µs  {SIZE / us:6.0f} MB/s")
+    if args.quick:
+        return
     (ROOT / "bench" / "results" / "json_reference.json").write_text(json.dumps(
         {"implementation": implementation, "batch_bytes": SIZE, "us": dict(rows)}, indent=2) + "\n")
 

@@ -17,3 +17,12 @@ def test_every_kernel_benchmark_runs():
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "failed" not in result.stdout
+
+
+def test_the_simdjson_reference_builds_and_runs():
+    """bench/json_reference.py, which make bench runs: pysimdjson's source from PyPI, a C++ build, one pass."""
+    result = subprocess.run([sys.executable, "bench/json_reference.py", "--quick"], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.rstrip().endswith("MB/s")]
+    assert len(rows) == 7 and any(row.lstrip().startswith("simdjson") for row in rows), result.stdout
