@@ -1,8 +1,8 @@
 """Masking fuzz soak: the test suite's fuzzers, run for as long as you give them, with fresh seeds.
 
-    .venv/bin/python loadtest/fuzz_masking.py [--seconds S] [--seed N]
+    .venv/bin/python loadtest/fuzz_masking.py [--seconds S] [--seed N] [--only FUZZER]
 
-Three fuzzers, S seconds each (60 by default):
+Four fuzzers, S seconds each (60 by default):
 
 - wide text: random binary holding secrets written in UTF-16 and UTF-32 (either byte order, at any offset, beside
   non-text bytes, non-ASCII text and a regex rule's matches), through every detector: no secret may come back in
@@ -12,11 +12,15 @@ Three fuzzers, S seconds each (60 by default):
   unless aiokafka cannot read the input at all, the gateway reads the input as aiokafka does, and aiokafka reads
   the output as the input with every field masked.
 - random fields: bytes from a JSON-like alphabet through every detector, a path and a regex rule: never an error.
+- java: corrupt batches as above, 2,000 at a time, against Kafka's Java consumer (one JVM run a round, on the
+  Kafka jars, fetched on first use): wherever it can read an input the gateway accepted, the gateway reads it
+  alike and Java reads the output as the input with every field masked (tests/test_record_batch_java.py).
 
-A failure prints the fuzzer, the seed and the case number, writes the input to fuzz-failure-<fuzzer>-<seed>.bin
-and exits 1; a crash of the kernel itself ends the process with its signal. The test suite runs bounded versions
-of these (tests/test_mask.py, tests/test_record_batch.py) in every CI run; this is for soaks, before a release or
-after a change to _fastpath.
+A failure prints the fuzzer, the seed and the case number (for java, the round), writes the input to
+fuzz-failure-<fuzzer>-<seed>.bin and exits 1; a crash of the kernel itself ends the process with its signal. The
+test suite runs bounded versions of these (tests/test_mask.py, tests/test_record_batch.py,
+tests/test_record_batch_java.py) in every CI run; this is for soaks, before a release or after a change to
+_fastpath. --only runs one of them.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from _fastpath.mask import Masker  # noqa: E402
 from _fastpath.record_batch import UnmaskableRecords, iter_records, mask_records  # noqa: E402
+from gateway.dev.kafka import ensure_jars  # noqa: E402
 from tests.test_mask import EVERY_DETECTOR, EVERY_KIND_OF_RULE, KEY, POSITIVES, random_field, rule  # noqa: E402
 from tests.test_record_batch import (  # noqa: E402
     BIG,
@@ -45,6 +50,7 @@ from tests.test_record_batch import (  # noqa: E402
     corrupted,
     corruption_originals,
 )
+from tests.test_record_batch_java import JavaDisagrees, check_against_java  # noqa: E402
 
 WIDE = ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
 DETECTORS = Masker(EVERY_DETECTOR, KEY)
@@ -127,6 +133,15 @@ def random_field_case(rng: random.Random) -> None:
             raise Failure("apply returned something else than (bytes, dict)", data)
 
 
+def java_round_case(rng: random.Random, originals: list[bytes], kafka_jars: Path) -> None:
+    """One round of 2,000 corrupted batches against Java's consumer (a case here is a round, not a batch)."""
+    batches = [corrupted(rng, rng.choice(originals), edits=rng.randint(1, 3)) for _ in range(2000)]
+    try:
+        TALLY.update(check_against_java(kafka_jars, batches))
+    except JavaDisagrees as exc:
+        raise Failure(str(exc).split(":")[0], exc.batch) from exc
+
+
 def soak(name: str, case: Callable[[random.Random], None], seed: int, seconds: float) -> int:
     rng = random.Random(seed)
     deadline = time.monotonic() + seconds
@@ -145,17 +160,28 @@ def soak(name: str, case: Callable[[random.Random], None], seed: int, seconds: f
     return 0
 
 
+FUZZERS = ("wide-text", "corrupt-batches", "random-fields", "java")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=60.0, help="per fuzzer")
     parser.add_argument("--seed", type=int, default=None, help="default: a fresh one, printed")
+    parser.add_argument("--only", choices=FUZZERS, default=None, help="run this fuzzer alone")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     setup = random.Random(seed)
     originals = corruption_originals(setup)
-    failed = soak("wide-text", wide_text_case, seed, args.seconds)
-    failed |= soak("corrupt-batches", lambda rng: corrupt_batch_case(rng, originals), seed, args.seconds)
-    failed |= soak("random-fields", random_field_case, seed, args.seconds)
+    cases: dict[str, Callable[[random.Random], None]] = {
+        "wide-text": wide_text_case,
+        "corrupt-batches": lambda rng: corrupt_batch_case(rng, originals),
+        "random-fields": random_field_case,
+        "java": lambda rng: java_round_case(rng, originals, kafka_jars),
+    }
+    kafka_jars = ensure_jars() if args.only in (None, "java") else Path()
+    failed = 0
+    for name in [args.only] if args.only else FUZZERS:
+        failed |= soak(name, cases[name], seed, args.seconds)
     return failed
 
 

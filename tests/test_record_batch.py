@@ -145,13 +145,15 @@ def batches_of(reader, data: bytes) -> list:
     return out
 
 
+def masked_field(target: str, value: bytes | None, control: bool, header: str | None = None) -> bytes | None:
+    """A record's field as it should read once through MASKER (control batches are never masked)."""
+    return value if control or value is None else MASKER.apply(value, target=target, header=header)[0]
+
+
 def client_records(reader, data: bytes, *, masked: bool = False) -> list[tuple]:
-    """What a client reads; with masked, what it should read once every field went through MASKER
-    (control batches are never masked)."""
+    """What a client reads; with masked, what it should read once every field went through MASKER."""
     def field(target: str, value: bytes | None, control: bool, header: str | None = None) -> bytes | None:
-        if not masked or control or value is None:
-            return value
-        return MASKER.apply(value, target=target, header=header)[0]
+        return masked_field(target, value, control, header) if masked else value
     return [(r.offset, r.timestamp, field("key", r.key, batch.is_control_batch),
              field("value", r.value, batch.is_control_batch),
              [(name, field("header", value, batch.is_control_batch, name)) for name, value in r.headers])
