@@ -24,6 +24,7 @@ uncompressed batch, as in bench_mask.py. Results go to bench/results/json_refere
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import pathlib
 import shutil
@@ -41,6 +42,7 @@ from _fastpath.record_batch import mask_records  # noqa: E402
 from bench.bench_mask import BATCHES, PARTS, SIZE, VALUES  # noqa: E402
 
 PYSIMDJSON = "7.0.2"        # its source release vendors simdjson 3.12.3 (simdjson.h, simdjson.cpp)
+PYSIMDJSON_SHA256 = "44cf276e48912a3b9c7ca362c14da8420a7ac15a9f1a16ec95becff86db3904a"   # of that release's archive
 CACHE = ROOT / ".cache" / "json_reference"
 SOURCE = ROOT / "bench" / "json_reference.cpp"
 KERNEL_ROWS = {
@@ -59,6 +61,9 @@ def simdjson_dir() -> pathlib.Path:
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
                         "--dest", tmp, f"pysimdjson=={PYSIMDJSON}"], check=True)
         (archive,) = pathlib.Path(tmp).glob("pysimdjson-*.tar.gz")
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+        if digest != PYSIMDJSON_SHA256:
+            raise SystemExit(f"{archive.name}: sha256 {digest}, expected {PYSIMDJSON_SHA256}")
         with tarfile.open(archive) as tar:
             for name in ("simdjson.h", "simdjson.cpp"):
                 member = tar.getmember(f"pysimdjson-{PYSIMDJSON}/simdjson/{name}")
