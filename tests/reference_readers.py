@@ -1,6 +1,6 @@
-"""What Kafka's Java consumer and franz-go read from records fields, for differential tests: each client's own batch
-reader (tests/clients/java/ReadBatches.java, tests/clients/franz/readbatches) run once for a whole list of fields
-(a JVM start costs a second or two)."""
+"""What Kafka clients read from records fields, for differential tests: each client's own batch reader. Kafka's Java
+consumer and franz-go run once for a whole list of fields (tests/clients/java/ReadBatches.java,
+tests/clients/franz/readbatches; a JVM start costs a second or two); aiokafka reads in this process."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from aiokafka.record.memory_records import MemoryRecords as AioRecords
 
 from gateway.dev.kafka import java_tool
 
@@ -90,3 +92,21 @@ def franz_reader(binary: Path) -> Reader:
     return Reader("franz-go", lambda fields: _run(fields, lambda source, answers: subprocess.run(
         [str(binary), str(source), str(answers)], capture_output=True, timeout=300)), every_record=False,
         timestamps_as_kafka=False)
+
+
+def _aiokafka_read(field: bytes) -> list[ClientRecord] | CannotRead:
+    out: list[ClientRecord] = []
+    try:
+        records = AioRecords(field)
+        while (batch := records.next_batch()) is not None:
+            if not batch.validate_crc():    # as its consumer does (check_crcs)
+                return CannotRead("the batch's CRC does not match")
+            out += [(r.offset, r.timestamp, r.key, r.value, list(r.headers), batch.is_control_batch) for r in batch]
+    except Exception as exc:  # noqa: BLE001 - any failure is the client's answer
+        return CannotRead(repr(exc))
+    return out
+
+
+def aiokafka_reader() -> Reader:
+    """aiokafka's reading (its MemoryRecords, CRCs checked), in this process."""
+    return Reader("aiokafka", lambda fields: [_aiokafka_read(field) for field in fields])

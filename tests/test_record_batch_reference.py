@@ -1,5 +1,5 @@
-"""Record batches against the reference readers: Kafka's Java consumer and franz-go, each client's own batch reader
-(tests/test_record_batch.py holds the kernel to aiokafka and kafka-python the same way).
+"""Record batches against Kafka clients' own batch readers: Kafka's Java consumer, franz-go and aiokafka
+(tests/test_record_batch.py holds the kernel to aiokafka's and kafka-python's builders and readers on valid batches).
 
 A topic's batch that the kernel finds nothing to mask in goes to the consumer as the broker's bytes, so the
 consumer must read those bytes as the kernel did, field for field: a record split elsewhere would hand the
@@ -7,7 +7,7 @@ application bytes the kernel read as another field (an unmasked header as the va
 kafka-python read the record attributes byte otherwise than Kafka's layout (test_record_batch.py); this checks the
 kernel's reading against Java's (tests/clients/java/ReadBatches.java: MemoryRecords, ensureValid,
 streamingIterator, as the consumer's fetcher reads them) and franz-go's (tests/clients/franz/readbatches:
-kgo.ProcessFetchPartition), on the clients' batches and on corrupted ones.
+kgo.ProcessFetchPartition) and aiokafka's, on the clients' batches and on corrupted ones.
 """
 
 from __future__ import annotations
@@ -16,15 +16,25 @@ import random
 import struct
 from collections import Counter
 
+import crc32c
 import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder as AioBuilder
 
 from _fastpath.record_batch import UnmaskableRecords, iter_records, mask_records
-from tests.reference_readers import CannotRead, ClientRecord, Reader, build_franz_reader, franz_reader, java_reader
+from tests.reference_readers import (
+    CannotRead,
+    ClientRecord,
+    Reader,
+    aiokafka_reader,
+    build_franz_reader,
+    franz_reader,
+    java_reader,
+)
 from tests.test_record_batch import (
     BIG,
     CARD,
     CODECS,
+    HEADER,
     MASKER,
     control_batches,
     corrupted,
@@ -35,11 +45,13 @@ from tests.test_record_batch import (
 )
 
 
-@pytest.fixture(scope="module", params=["java", "franz-go"])
+@pytest.fixture(scope="module", params=["java", "franz-go", "aiokafka"])
 def reader(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Reader:
     if request.param == "java":
         return java_reader(request.getfixturevalue("kafka_jars"))
-    return franz_reader(build_franz_reader(tmp_path_factory.mktemp("franz-reader")))
+    if request.param == "franz-go":
+        return franz_reader(build_franz_reader(tmp_path_factory.mktemp("franz-reader")))
+    return aiokafka_reader()
 
 
 def kernel(reader: Reader, batch: bytes) -> list[tuple]:
@@ -93,22 +105,47 @@ class ClientDisagrees(AssertionError):
         self.batch = batch
 
 
+def crcs_valid(field: bytes) -> bool:
+    """Whether every complete batch of the field carries the CRC32C of its bytes from the attributes on."""
+    at = 0
+    while at + HEADER <= len(field):
+        end = at + 12 + struct.unpack_from(">i", field, at + 8)[0]
+        if end > len(field):
+            break
+        if struct.unpack_from(">I", field, at + 17)[0] != crc32c.crc32c(field[at + 21:end]):
+            return False
+        at = end
+    return True
+
+
+def test_crcs_valid_tells_a_batch_whose_crc_does_not_match():
+    field = field_of_batches(AioBuilder, CODECS["lz4"], 0)[0]
+    assert crcs_valid(field)
+    flipped = bytearray(field)
+    flipped[-1] ^= 1     # in the last batch's records
+    assert not crcs_valid(bytes(flipped))
+
+
 def check_against(reader: Reader, batches: list[bytes]) -> Counter[str]:
-    """mask_records on each batch; of those it accepts, wherever the client can read the input: the kernel reads it
-    alike, and the client reads the output as the input with every field masked. The clients read a header key
-    that is not UTF-8 (Java with replacement characters) where iter_records refuses it; the masking path passes
-    such keys through, so for those only the output is compared; likewise for a control batch iter_records
-    cannot read (control_batches). Raises ClientDisagrees; returns what the batches came to.
+    """mask_records on each batch; each it accepts comes out with valid CRCs, and wherever the client can read the
+    input: the kernel reads it alike, and the client reads the output as the input with every field masked. The
+    clients read a header key that is not UTF-8 (Java with replacement characters) where iter_records refuses it;
+    the masking path passes such keys through, so for those only the output is compared; likewise for a control
+    batch iter_records cannot read (control_batches). Raises ClientDisagrees; returns what the batches came to.
     loadtest/fuzz_masking.py runs this for as long as it is given."""
     tally: Counter[str] = Counter()
     accepted: list[bytes] = []
     outputs: list[bytes] = []
     for batch in batches:
         try:
-            outputs.append(mask_records(batch, MASKER, max_output=BIG).data)
-            accepted.append(batch)
+            out = mask_records(batch, MASKER, max_output=BIG).data
         except UnmaskableRecords:
             tally["refused"] += 1
+            continue
+        if not crcs_valid(out):
+            raise ClientDisagrees("a batch came out with a bad CRC", batch)
+        outputs.append(out)
+        accepted.append(batch)
     answers = reader.read(accepted + outputs)
     for batch, before, after in zip(accepted, answers[:len(accepted)], answers[len(accepted):], strict=True):
         if isinstance(before, CannotRead):
