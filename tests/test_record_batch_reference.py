@@ -110,6 +110,8 @@ def crcs_valid(field: bytes) -> bool:
     at = 0
     while at + HEADER <= len(field):
         end = at + 12 + struct.unpack_from(">i", field, at + 8)[0]
+        if end < at + HEADER:
+            return False    # shorter than its own header: no batch the kernel writes
         if end > len(field):
             break
         if struct.unpack_from(">I", field, at + 17)[0] != crc32c.crc32c(field[at + 21:end]):
@@ -124,6 +126,7 @@ def test_crcs_valid_tells_a_batch_whose_crc_does_not_match():
     flipped = bytearray(field)
     flipped[-1] ^= 1     # in the last batch's records
     assert not crcs_valid(bytes(flipped))
+    assert not crcs_valid(struct.pack(">qi", 0, 0) + field[12:])     # a length of 0: no batch, and no endless loop
 
 
 def check_against(reader: Reader, batches: list[bytes]) -> Counter[str]:
