@@ -74,7 +74,7 @@ def simdjson_dir() -> pathlib.Path:
 
 
 def build() -> pathlib.Path:
-    binary = CACHE / "json_reference"
+    binary = CACHE / f"json_reference-{PYSIMDJSON}"
     if binary.exists() and binary.stat().st_mtime > SOURCE.stat().st_mtime:
         return binary
     include = simdjson_dir()
