@@ -1,5 +1,5 @@
 // What Kafka's Java consumer reads from a Fetch response's records field, for the gateway's differential tests
-// (tests/java_records.py). Run as a single source file on the Kafka jars' classpath:
+// (tests/reference_readers.py). Run as a single source file on the Kafka jars' classpath:
 //
 //     java -cp 'lib/*' ReadBatches.java IN OUT
 //
