@@ -158,14 +158,15 @@ def main() -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     setup = random.Random(seed)
     originals = corruption_originals(setup)
+    # The clients fuzzer's readers need the Kafka jars and a Go build: made only when it runs.
+    readers = [] if args.only not in (None, "clients") else [
+        java_reader(ensure_jars()), franz_reader(build_franz_reader(Path(tempfile.mkdtemp(prefix="franz-reader-"))))]
     cases: dict[str, Callable[[random.Random], None]] = {
         "wide-text": wide_text_case,
         "corrupt-batches": lambda rng: corrupt_batch_case(rng, originals),
         "random-fields": random_field_case,
         "clients": lambda rng: clients_round_case(rng, originals, readers),
     }
-    readers = [] if args.only not in (None, "clients") else [
-        java_reader(ensure_jars()), franz_reader(build_franz_reader(Path(tempfile.mkdtemp(prefix="franz-reader-"))))]
     failed = 0
     for name in [args.only] if args.only else FUZZERS:
         failed |= soak(name, cases[name], seed, args.seconds)

@@ -68,12 +68,12 @@ def read_alike(reader: Reader, records: list[ClientRecord]) -> list[tuple]:
 
 
 def masked(reader: Reader, records: list[ClientRecord]) -> list[tuple]:
-    """read_alike with every field through MASKER, as the kernel should have left them (control records are never
-    masked)."""
-    return [(offset, timestamp, masked_field("key", key, control), masked_field("value", value, control),
-             [(name, masked_field("header", data, control, name)) for name, data in headers])
-            for (offset, timestamp, key, value, headers), (*_, control)
-            in zip(read_alike(reader, records), records, strict=True)]
+    """read_alike of the records with every field through MASKER, as the kernel should have left them (control
+    records are never masked)."""
+    return read_alike(reader, [
+        (offset, timestamp, masked_field("key", key, control), masked_field("value", value, control),
+         [(name, masked_field("header", data, control, name)) for name, data in headers], control)
+        for offset, timestamp, key, value, headers, control in records])
 
 
 def reads_alike(reader: Reader, ours: list[tuple], theirs: list[tuple]) -> bool:
